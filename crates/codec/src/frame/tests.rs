@@ -1,0 +1,215 @@
+use super::*;
+use fe2o3_amqp_types::definitions::{ReceiverSettleMode, Role};
+use fe2o3_amqp_types::performatives::{Attach, Close, Flow, Open};
+use fe2o3_amqp_types::primitives::Binary;
+use proptest::prelude::*;
+
+fn decode_all(buf: &mut BytesMut, max: u32) -> Vec<(u16, Option<Performative>, Bytes)> {
+    let mut frames = vec![];
+    while let Some(f) = decode_frame(buf, max, FrameKind::Amqp).unwrap() {
+        match f {
+            Frame::Amqp {
+                channel,
+                body,
+                payload,
+            } => frames.push((channel, body, payload)),
+            Frame::Sasl(_) => unreachable!(),
+        }
+    }
+    frames
+}
+
+#[test]
+fn protocol_headers_round_trip_and_reject_other_versions() {
+    for id in [ProtocolId::Amqp, ProtocolId::Tls, ProtocolId::Sasl] {
+        assert_eq!(ProtocolId::parse(&id.header()), Some(id));
+    }
+    assert_eq!(ProtocolId::parse(b"AMQP\x00\x00\x09\x01"), None);
+    assert_eq!(ProtocolId::parse(b"GET / HT"), None);
+}
+
+#[test]
+fn incomplete_frames_wait_for_more_bytes() {
+    let mut out = BytesMut::new();
+    let open = Open {
+        container_id: "c".into(),
+        hostname: None,
+        max_frame_size: 4096.into(),
+        channel_max: 10.into(),
+        idle_time_out: Some(1000),
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    encode_frame(&mut out, 0, &Performative::Open(open.clone()), &[]);
+    let full = out.clone();
+    for cut in 0..full.len() {
+        let mut part = BytesMut::from(&full[..cut]);
+        assert!(decode_frame(&mut part, 4096, FrameKind::Amqp)
+            .unwrap()
+            .is_none());
+    }
+    let frames = decode_all(&mut out, 4096);
+    assert_eq!(frames.len(), 1);
+    assert!(matches!(&frames[0].1, Some(Performative::Open(o)) if *o == open));
+}
+
+#[test]
+fn bad_frame_headers_are_framing_errors() {
+    let mut small = BytesMut::from(&[0u8, 0, 0, 4, 2, 0, 0, 0][..]);
+    assert!(matches!(
+        decode_frame(&mut small, 512, FrameKind::Amqp),
+        Err(FrameError::Framing(_))
+    ));
+    let mut big = BytesMut::from(&[0u8, 1, 0, 0, 2, 0, 0, 0][..]);
+    assert!(matches!(
+        decode_frame(&mut big, 512, FrameKind::Amqp),
+        Err(FrameError::Framing(_))
+    ));
+    let mut doff = BytesMut::from(&[0u8, 0, 0, 8, 1, 0, 0, 0][..]);
+    assert!(matches!(
+        decode_frame(&mut doff, 512, FrameKind::Amqp),
+        Err(FrameError::Framing(_))
+    ));
+    let mut sasl_type = BytesMut::from(&[0u8, 0, 0, 8, 2, 1, 0, 0][..]);
+    assert!(matches!(
+        decode_frame(&mut sasl_type, 512, FrameKind::Amqp),
+        Err(FrameError::Framing(_))
+    ));
+}
+
+#[test]
+fn garbage_bodies_are_decode_errors() {
+    let mut f = BytesMut::from(&[0u8, 0, 0, 12, 2, 0, 0, 0, 0x00, 0x53, 0x10, 0x45][..]);
+    // an Open with an empty list misses its mandatory container-id
+    assert!(matches!(
+        decode_frame(&mut f, 512, FrameKind::Amqp),
+        Err(FrameError::Decode(_))
+    ));
+    let mut f = BytesMut::from(&[0u8, 0, 0, 11, 2, 0, 0, 0, 0xff, 0xff, 0xff][..]);
+    assert!(matches!(
+        decode_frame(&mut f, 512, FrameKind::Amqp),
+        Err(FrameError::Decode(_))
+    ));
+}
+
+#[test]
+fn empty_frames_are_heartbeats() {
+    let mut out = BytesMut::new();
+    encode_empty_frame(&mut out);
+    let frames = decode_all(&mut out, 512);
+    assert!(frames[0].1.is_none());
+}
+
+fn transfer(handle: u32, id: u32, tag: Vec<u8>) -> Transfer {
+    Transfer {
+        handle: handle.into(),
+        delivery_id: Some(id),
+        delivery_tag: Some(Binary::from(tag)),
+        message_format: Some(0),
+        settled: Some(false),
+        more: false,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    }
+}
+
+proptest! {
+    #[test]
+    fn transfers_split_to_max_frame_size_and_reassemble(
+        payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+        max in 512u32..4096,
+        split in 1usize..200,
+        id in any::<u32>(),
+    ) {
+        let mut out = BytesMut::new();
+        let (a, b) = payload.split_at(payload.len() / 2);
+        encode_transfer(&mut out, 3, transfer(7, id, vec![9; 16]), &[a, b], max);
+        // feed the bytes in arbitrary pieces, as a socket would
+        let mut buf = BytesMut::new();
+        let mut frames = vec![];
+        for piece in out.chunks(split) {
+            buf.extend_from_slice(piece);
+            while let Some(f) = decode_frame(&mut buf, max, FrameKind::Amqp).unwrap() {
+                frames.push(f);
+            }
+        }
+        let mut joined = Vec::new();
+        let n = frames.len();
+        for (i, f) in frames.into_iter().enumerate() {
+            let Frame::Amqp { channel, body: Some(Performative::Transfer(t)), payload } = f else {
+                panic!("expected a transfer");
+            };
+            prop_assert_eq!(channel, 3);
+            prop_assert_eq!(t.delivery_id, Some(id));
+            prop_assert_eq!(t.more, i + 1 < n);
+            if i == 0 {
+                prop_assert_eq!(t.delivery_tag.as_ref().map(|b| b.len()), Some(16));
+            }
+            joined.extend_from_slice(&payload);
+        }
+        prop_assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn flows_round_trip(credit in any::<u32>(), count in any::<u32>(), drain in any::<bool>(), handle in any::<u32>()) {
+        let flow = Flow {
+            next_incoming_id: Some(1),
+            incoming_window: 100,
+            next_outgoing_id: 5,
+            outgoing_window: 100,
+            handle: Some(handle.into()),
+            delivery_count: Some(count),
+            link_credit: Some(credit),
+            available: None,
+            drain,
+            echo: false,
+            properties: None,
+        };
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, 1, &Performative::Flow(flow.clone()), &[]);
+        let frames = decode_all(&mut out, 512);
+        prop_assert!(matches!(&frames[0].1, Some(Performative::Flow(f)) if *f == flow));
+    }
+
+    #[test]
+    fn attach_and_close_round_trip(name in "[a-z0-9-]{1,40}", handle in any::<u32>()) {
+        let attach = Attach {
+            name: name.clone(),
+            handle: handle.into(),
+            role: Role::Receiver,
+            snd_settle_mode: Default::default(),
+            rcv_settle_mode: ReceiverSettleMode::Second,
+            source: None,
+            target: None,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: None,
+            max_message_size: Some(1 << 20),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let close = Close { error: Some(fe2o3_amqp_types::definitions::Error::new(
+            fe2o3_amqp_types::definitions::AmqpError::DecodeError, Some(name), None)) };
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, 0, &Performative::Attach(attach.clone()), &[]);
+        encode_frame(&mut out, 0, &Performative::Close(close.clone()), &[]);
+        let frames = decode_all(&mut out, 4096);
+        prop_assert!(matches!(&frames[0].1, Some(Performative::Attach(a)) if *a == attach));
+        prop_assert!(matches!(&frames[1].1, Some(Performative::Close(c)) if *c == close));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = decode_frame(&mut buf, 1024, FrameKind::Amqp) {}
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = decode_frame(&mut buf, 1024, FrameKind::Sasl) {}
+    }
+}

@@ -1,0 +1,39 @@
+//! AMQP 1.0 wire format for Ferrobus: protocol headers, frames, performatives, SASL frames and
+//! the sections of a message.
+//!
+//! Role and invariants:
+//! - This crate knows bytes and AMQP types only: no async runtime, no sockets, no logging.
+//! - Performatives and SASL frames are the `fe2o3-amqp-types` structs, (de)serialised with
+//!   `serde_amqp`.
+//! - A message payload is never decoded and re-encoded: [`message::Sections`] splits a transfer
+//!   payload into byte slices of its sections, and [`message::OutgoingMessage`] writes a message
+//!   back out from fresh broker-owned sections (header, message annotations) followed by the
+//!   producer's bare-message bytes, untouched.
+//! - Decoding never panics on any input; malformed input is a typed [`CodecError`].
+
+pub mod frame;
+pub mod message;
+pub mod sasl;
+pub mod value;
+
+pub use fe2o3_amqp_types as types;
+pub use serde_amqp;
+
+/// What can be wrong with bytes that claim to be AMQP.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The input ended inside a value.
+    #[error("truncated AMQP value")]
+    Truncated,
+    /// The input is not a valid encoding.
+    #[error("invalid AMQP encoding: {0}")]
+    Invalid(&'static str),
+    /// `serde_amqp` refused the value.
+    #[error("cannot decode {what}: {source}")]
+    Serde {
+        /// The type that was being decoded.
+        what: &'static str,
+        /// The decoder's error.
+        source: serde_amqp::Error,
+    },
+}

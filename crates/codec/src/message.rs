@@ -1,0 +1,278 @@
+//! The sections of an AMQP message, as slices of the producer's bytes (part 3.2).
+//!
+//! [`Sections::scan`] walks section boundaries without decoding values. The broker keeps the
+//! producer's payload exactly as received and, when it delivers, writes a fresh header and
+//! message-annotations section in front of the untouched bare message (properties,
+//! application-properties, body, footer); delivery annotations are per hop and are dropped.
+
+use std::ops::Range;
+
+use bytes::{BufMut, BytesMut};
+use fe2o3_amqp_types::messaging::Header;
+
+use crate::value::{descriptor_code, map_entries, value_len};
+use crate::CodecError;
+
+const HEADER: u64 = 0x70;
+const DELIVERY_ANNOTATIONS: u64 = 0x71;
+const MESSAGE_ANNOTATIONS: u64 = 0x72;
+const PROPERTIES: u64 = 0x73;
+const APPLICATION_PROPERTIES: u64 = 0x74;
+const FOOTER: u64 = 0x78;
+
+/// Byte ranges of a message's sections inside its payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sections {
+    /// The header section (descriptor included).
+    pub header: Option<Range<usize>>,
+    /// The delivery-annotations section.
+    pub delivery_annotations: Option<Range<usize>>,
+    /// The message-annotations section.
+    pub message_annotations: Option<Range<usize>>,
+    /// The properties section.
+    pub properties: Option<Range<usize>>,
+    /// The application-properties section.
+    pub application_properties: Option<Range<usize>>,
+    /// The bare message and footer: from the first section after the annotations to the end.
+    pub bare: Range<usize>,
+}
+
+impl Sections {
+    /// Splits `payload` into its sections. Sections must appear in the order the
+    /// specification gives and each at most once (body sections may repeat).
+    pub fn scan(payload: &[u8]) -> Result<Self, CodecError> {
+        let mut s = Sections {
+            bare: payload.len()..payload.len(),
+            ..Default::default()
+        };
+        let mut pos = 0;
+        let mut last_rank = 0u8;
+        let mut bare_start = None;
+        while pos < payload.len() {
+            let rest = &payload[pos..];
+            let code =
+                descriptor_code(rest).ok_or(CodecError::Invalid("expected a message section"))?;
+            let len = value_len(rest)?;
+            let range = pos..pos + len;
+            let rank = match code {
+                HEADER => 1,
+                DELIVERY_ANNOTATIONS => 2,
+                MESSAGE_ANNOTATIONS => 3,
+                PROPERTIES => 4,
+                APPLICATION_PROPERTIES => 5,
+                0x75..=0x77 => 6,
+                FOOTER => 7,
+                _ => return Err(CodecError::Invalid("unknown message section")),
+            };
+            if rank < last_rank || (rank == last_rank && rank != 6) {
+                return Err(CodecError::Invalid("message sections out of order"));
+            }
+            last_rank = rank;
+            match code {
+                HEADER => s.header = Some(range),
+                DELIVERY_ANNOTATIONS => s.delivery_annotations = Some(range),
+                MESSAGE_ANNOTATIONS => s.message_annotations = Some(range),
+                PROPERTIES => s.properties = Some(range.clone()),
+                APPLICATION_PROPERTIES => s.application_properties = Some(range.clone()),
+                _ => {}
+            }
+            if rank >= 4 && bare_start.is_none() {
+                bare_start = Some(pos);
+            }
+            pos += len;
+        }
+        if let Some(start) = bare_start {
+            s.bare = start..payload.len();
+        }
+        Ok(s)
+    }
+
+    /// The decoded header, if the message has one.
+    pub fn header(&self, payload: &[u8]) -> Result<Option<Header>, CodecError> {
+        self.header
+            .as_ref()
+            .map(|r| {
+                serde_amqp::from_slice(&payload[r.clone()]).map_err(|source| CodecError::Serde {
+                    what: "header",
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// The key/value pairs of the message annotations, raw: element count and bytes.
+    pub fn annotation_entries<'a>(&self, payload: &'a [u8]) -> Result<(u32, &'a [u8]), CodecError> {
+        match &self.message_annotations {
+            None => Ok((0, &[])),
+            Some(r) => {
+                let sec = &payload[r.clone()];
+                let d = value_len(&sec[1..])?;
+                map_entries(&sec[1 + d..])
+            }
+        }
+    }
+}
+
+/// A value the broker writes into the message annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnnotationValue {
+    /// AMQP `long`.
+    Long(i64),
+    /// AMQP `int`.
+    Int(i32),
+    /// AMQP `timestamp` (milliseconds since the Unix epoch).
+    Timestamp(i64),
+    /// AMQP `string`.
+    Str(String),
+    /// AMQP `uuid` (RFC byte order).
+    Uuid([u8; 16]),
+}
+
+impl AnnotationValue {
+    fn encode(&self, out: &mut BytesMut) {
+        match self {
+            AnnotationValue::Long(v) => {
+                out.put_u8(0x81);
+                out.put_i64(*v);
+            }
+            AnnotationValue::Int(v) => {
+                out.put_u8(0x71);
+                out.put_i32(*v);
+            }
+            AnnotationValue::Timestamp(v) => {
+                out.put_u8(0x83);
+                out.put_i64(*v);
+            }
+            AnnotationValue::Str(s) => put_str(out, 0xa1, 0xb1, s.as_bytes()),
+            AnnotationValue::Uuid(u) => {
+                out.put_u8(0x98);
+                out.put_slice(u);
+            }
+        }
+    }
+}
+
+fn put_str(out: &mut BytesMut, short: u8, long: u8, b: &[u8]) {
+    if b.len() <= 255 {
+        out.put_u8(short);
+        out.put_u8(b.len() as u8);
+    } else {
+        out.put_u8(long);
+        out.put_u32(b.len() as u32);
+    }
+    out.put_slice(b);
+}
+
+/// The header fields the broker sends with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderFields {
+    /// Durable flag, as the producer set it.
+    pub durable: bool,
+    /// Priority, as the producer set it (default 4).
+    pub priority: u8,
+    /// Time to live in milliseconds.
+    pub ttl: Option<u32>,
+    /// True only if no earlier acquirer could have seen the message.
+    pub first_acquirer: bool,
+    /// Earlier unsuccessful delivery attempts.
+    pub delivery_count: u32,
+}
+
+impl HeaderFields {
+    /// The fields of a producer's header (or the defaults when it sent none).
+    pub fn from_header(h: Option<&Header>) -> Self {
+        match h {
+            Some(h) => HeaderFields {
+                durable: h.durable,
+                priority: h.priority.0,
+                ttl: h.ttl,
+                first_acquirer: h.first_acquirer,
+                delivery_count: h.delivery_count,
+            },
+            None => HeaderFields {
+                durable: false,
+                priority: 4,
+                ttl: None,
+                first_acquirer: false,
+                delivery_count: 0,
+            },
+        }
+    }
+
+    /// Appends the header section.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(&[0x00, 0x53, 0x70, 0xc0]);
+        let size_at = out.len();
+        out.put_slice(&[0, 5]);
+        out.put_u8(if self.durable { 0x41 } else { 0x42 });
+        out.put_slice(&[0x50, self.priority]);
+        match self.ttl {
+            Some(t) => {
+                out.put_u8(0x70);
+                out.put_u32(t);
+            }
+            None => out.put_u8(0x40),
+        }
+        out.put_u8(if self.first_acquirer { 0x41 } else { 0x42 });
+        out.put_u8(0x70);
+        out.put_u32(self.delivery_count);
+        out[size_at] = (out.len() - size_at - 1) as u8;
+    }
+}
+
+/// Writes the broker-owned prefix of an outgoing message: a header section and a
+/// message-annotations section made of `broker` first, then the producer's own annotations
+/// except those whose key the broker owns (`owned`, or any key in `broker`). The caller sends
+/// this prefix followed by `payload[sections.bare]`.
+pub fn encode_delivery_prefix(
+    out: &mut BytesMut,
+    payload: &[u8],
+    sections: &Sections,
+    header: &HeaderFields,
+    broker: &[(&str, AnnotationValue)],
+    owned: &[&str],
+) -> Result<(), CodecError> {
+    header.encode(out);
+    let (_, producer) = sections.annotation_entries(payload)?;
+    if broker.is_empty() && producer.is_empty() {
+        return Ok(());
+    }
+    out.put_slice(&[0x00, 0x53, 0x72, 0xd1]);
+    let size_at = out.len();
+    out.put_slice(&[0; 8]);
+    let mut count = 0u32;
+    for (k, v) in broker {
+        put_str(out, 0xa3, 0xb3, k.as_bytes());
+        v.encode(out);
+        count += 2;
+    }
+    let mut rest = producer;
+    while !rest.is_empty() {
+        let kl = value_len(rest)?;
+        let vl = value_len(&rest[kl..])?;
+        let key = symbol_text(&rest[..kl]);
+        let drop = key.is_some_and(|k| owned.contains(&k) || broker.iter().any(|(b, _)| *b == k));
+        if !drop {
+            out.put_slice(&rest[..kl + vl]);
+            count += 2;
+        }
+        rest = &rest[kl + vl..];
+    }
+    let size = (out.len() - size_at - 4) as u32;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    out[size_at + 4..size_at + 8].copy_from_slice(&count.to_be_bytes());
+    Ok(())
+}
+
+/// The text of an encoded symbol or string, if `v` is one.
+pub fn symbol_text(v: &[u8]) -> Option<&str> {
+    let body = match v.first()? {
+        0xa3 | 0xa1 => v.get(2..)?,
+        0xb3 | 0xb1 => v.get(5..)?,
+        _ => return None,
+    };
+    std::str::from_utf8(body).ok()
+}
+
+#[cfg(test)]
+mod tests;
