@@ -1,0 +1,226 @@
+//! The one place that knows how keys and records are laid out.
+//!
+//! Every integer in a key is fixed-width big-endian, so byte order equals numeric order;
+//! entity names appear only in `meta` (name -> id), never in message keys.
+//!
+//! | CF | key | value |
+//! |---|---|---|
+//! | meta | `E` + entity name | entity id (u64) |
+//! | body | owner id (u64) + seq (u64) | [`BodyRecord`] |
+//! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::StoreError;
+
+const VERSION: u8 = 1;
+
+/// Key of an entity's id in `meta`.
+pub fn entity_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(b'E');
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Range of all entity keys in `meta`.
+pub fn entity_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![b'E'], vec![b'F'])
+}
+
+/// Key of a message body.
+pub fn body_key(owner: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&owner.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Decodes a body key into (owner, seq).
+pub fn parse_body_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
+    if k.len() != 16 {
+        return Err(StoreError::Corrupt(format!(
+            "body key of {} bytes",
+            k.len()
+        )));
+    }
+    Ok((u64_at(k, 0), u64_at(k, 8)))
+}
+
+/// Key of a message reference.
+pub fn ref_key(consumer: u64, lane: u8, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&consumer.to_be_bytes());
+    k.push(lane);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Decodes a reference key into (consumer, lane, seq).
+pub fn parse_ref_key(k: &[u8]) -> Result<(u64, u8, u64), StoreError> {
+    if k.len() != 17 {
+        return Err(StoreError::Corrupt(format!("ref key of {} bytes", k.len())));
+    }
+    Ok((u64_at(k, 0), k[8], u64_at(k, 9)))
+}
+
+/// Range covering every key of one id (as the first 8 bytes).
+pub fn id_range(id: u64) -> (Vec<u8>, Vec<u8>) {
+    (id.to_be_bytes().to_vec(), (id + 1).to_be_bytes().to_vec())
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A stored message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRecord {
+    /// Enqueue time, ms since the epoch.
+    pub enqueued_ms: i64,
+    /// The producer's bytes.
+    pub payload: Bytes,
+}
+
+impl BodyRecord {
+    /// Encodes the record (version, enqueued time, payload).
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(9 + self.payload.len());
+        b.put_u8(VERSION);
+        b.put_i64(self.enqueued_ms);
+        b.put_slice(&self.payload);
+        b.freeze()
+    }
+
+    /// Decodes a record; the payload is a slice of `v`, not a copy.
+    pub fn decode(v: &Bytes) -> Result<Self, StoreError> {
+        if v.len() < 9 || v[0] != VERSION {
+            return Err(StoreError::Corrupt("body record".into()));
+        }
+        Ok(BodyRecord {
+            enqueued_ms: i64::from_be_bytes(v[1..9].try_into().expect("8 bytes")),
+            payload: v.slice(9..),
+        })
+    }
+}
+
+/// A stored reference: the per-consumer state of one message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefRecord {
+    /// Earlier delivery attempts.
+    pub delivery_count: u32,
+    /// Why it was dead-lettered, if it was.
+    pub dead_letter_reason: Option<String>,
+    /// The dead-letter description, if any.
+    pub dead_letter_description: Option<String>,
+}
+
+impl RefRecord {
+    /// Encodes the record.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(16);
+        b.put_u8(VERSION);
+        b.put_u32(self.delivery_count);
+        for s in [&self.dead_letter_reason, &self.dead_letter_description] {
+            match s {
+                None => b.put_u8(0),
+                Some(s) => {
+                    b.put_u8(1);
+                    b.put_u32(s.len() as u32);
+                    b.put_slice(s.as_bytes());
+                }
+            }
+        }
+        b.freeze()
+    }
+
+    /// Decodes a record.
+    pub fn decode(v: &[u8]) -> Result<Self, StoreError> {
+        let bad = || StoreError::Corrupt("ref record".into());
+        if v.len() < 5 || v[0] != VERSION {
+            return Err(bad());
+        }
+        let delivery_count = u32::from_be_bytes(v[1..5].try_into().expect("4 bytes"));
+        let mut pos = 5;
+        let mut strings = [None, None];
+        for s in &mut strings {
+            match v.get(pos).ok_or_else(bad)? {
+                0 => pos += 1,
+                1 => {
+                    let n = v.get(pos + 1..pos + 5).ok_or_else(bad)?;
+                    let n = u32::from_be_bytes(n.try_into().expect("4 bytes")) as usize;
+                    let text = v.get(pos + 5..pos + 5 + n).ok_or_else(bad)?;
+                    *s = Some(String::from_utf8(text.to_vec()).map_err(|_| bad())?);
+                    pos += 5 + n;
+                }
+                _ => return Err(bad()),
+            }
+        }
+        let [dead_letter_reason, dead_letter_description] = strings;
+        Ok(RefRecord {
+            delivery_count,
+            dead_letter_reason,
+            dead_letter_description,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_keys_sort_by_owner_then_sequence() {
+        let pairs = [
+            (1u64, 1u64),
+            (1, 255),
+            (1, 256),
+            (1, u64::MAX),
+            (2, 0),
+            (256, 3),
+        ];
+        let keys: Vec<_> = pairs.iter().map(|(o, s)| body_key(*o, *s)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        for ((o, s), k) in pairs.iter().zip(&keys) {
+            assert_eq!(parse_body_key(k).unwrap(), (*o, *s));
+        }
+    }
+
+    #[test]
+    fn ref_keys_sort_by_consumer_lane_sequence_and_stay_in_their_id_range() {
+        let triples = [
+            (5u64, b'A', 9u64),
+            (5, b'A', 10),
+            (5, b'D', 1),
+            (5, b'X', 0),
+            (6, b'A', 0),
+        ];
+        let keys: Vec<_> = triples
+            .iter()
+            .map(|(c, l, s)| ref_key(*c, *l, *s))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let (lo, hi) = id_range(5);
+        assert!(keys[..4].iter().all(|k| lo <= *k && *k < hi));
+        assert!(keys[4] >= hi);
+        assert_eq!(parse_ref_key(&keys[2]).unwrap(), (5, b'D', 1));
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_garbage() {
+        let r = RefRecord {
+            delivery_count: 7,
+            dead_letter_reason: Some("MaxDeliveryCountExceeded".into()),
+            dead_letter_description: None,
+        };
+        assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
+        let b = BodyRecord {
+            enqueued_ms: 1234,
+            payload: Bytes::from_static(b"xyz"),
+        };
+        assert_eq!(BodyRecord::decode(&b.encode()).unwrap(), b);
+        assert!(RefRecord::decode(&[1, 0, 0]).is_err());
+        assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 1, 0, 0, 0, 9]).is_err());
+        assert!(BodyRecord::decode(&Bytes::from_static(&[9; 12])).is_err());
+    }
+}

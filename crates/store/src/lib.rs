@@ -1,0 +1,71 @@
+//! Ferrobus entities and their durable state.
+//!
+//! Role: the semantics of queues (FIFO competing consumers, credit-driven dispatch, per-entity
+//! sequence numbers, peek-lock with complete / release / abandon / defer / dead-letter,
+//! receive-and-delete) over a small [`storage::Storage`] trait. The crate knows nothing of AMQP
+//! frames: a message is the producer's bytes ([`Message::payload`]) plus the few fields the
+//! entity needs.
+//!
+//! Invariants:
+//! - Each queue owns its state behind one mutex that is never held across a storage call, an
+//!   `.await` or a sink callback that could block; there is no lock over the whole broker.
+//! - A change is visible (a message offered to consumers, a completion reported) only after the
+//!   storage has committed the write that records it.
+//! - Sinks ([`queue::ConsumerSink`]) and completions are called without any entity lock held,
+//!   or from under the entity's own lock only to hand over a delivery; they must never call back
+//!   into the same entity synchronously.
+
+pub mod keys;
+pub mod queue;
+pub mod registry;
+pub mod storage;
+
+pub use queue::{
+    ConsumerHandle, ConsumerSink, Delivery, Lane, Outcome, Queue, QueueConfig, QueueStats,
+    ReceiveMode,
+};
+pub use registry::{Entities, ResolveError, Resolved};
+
+use bytes::Bytes;
+
+/// A message as the store keeps it.
+#[derive(Debug)]
+pub struct Message {
+    /// Sequence number within its entity (starts at 1, only grows).
+    pub seq: u64,
+    /// When the entity accepted it, in milliseconds since the Unix epoch.
+    pub enqueued_ms: i64,
+    /// The producer's encoded message, exactly as received.
+    pub payload: Bytes,
+}
+
+/// A 16-byte lock token (RFC 4122 byte order).
+pub type LockToken = [u8; 16];
+
+/// What can go wrong in the store; each maps to one AMQP error condition in the server.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The lock is unknown or expired: `com.microsoft:message-lock-lost`.
+    #[error("the lock on the message is lost or expired")]
+    LockLost,
+    /// The entity is full: `amqp:resource-limit-exceeded`.
+    #[error("entity is full: {0}")]
+    Full(String),
+    /// The storage failed to write: `amqp:internal-error`.
+    #[error("storage write failed: {0}")]
+    Storage(String),
+    /// A stored record is corrupt.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Called once when a write has been committed (or has failed).
+pub type Completion<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

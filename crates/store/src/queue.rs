@@ -1,0 +1,720 @@
+//! A queue: FIFO competing consumers over credit, peek-lock, and its dead-letter sub-queue.
+//!
+//! One [`Queue`] owns its state behind one mutex. Messages live in lanes: the main lane
+//! (available, plus those locked by a consumer), the deferred set, and the dead-letter lane,
+//! which keeps each message's original sequence number. A consumer registers with a lane and a
+//! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::keys::{self, BodyRecord, RefRecord};
+use crate::storage::{Batch, Cf, Storage};
+use crate::{now_ms, Completion, LockToken, Message, StoreError};
+
+const LANE_ACTIVE: u8 = b'A';
+const LANE_DEFERRED: u8 = b'D';
+const LANE_DEAD: u8 = b'X';
+
+/// The reason given to messages dead-lettered for too many deliveries.
+pub const MAX_DELIVERY_COUNT_EXCEEDED: &str = "MaxDeliveryCountExceeded";
+
+/// Which part of a queue a link reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// The queue itself.
+    Main,
+    /// Its dead-letter sub-queue (`<queue>/$DeadLetterQueue`).
+    DeadLetter,
+}
+
+impl Lane {
+    fn key_byte(self) -> u8 {
+        match self {
+            Lane::Main => LANE_ACTIVE,
+            Lane::DeadLetter => LANE_DEAD,
+        }
+    }
+}
+
+/// How a consumer takes messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveMode {
+    /// The message is locked until the consumer settles it.
+    PeekLock,
+    /// The message is removed as it is delivered.
+    ReceiveAndDelete,
+}
+
+/// What a consumer decided about a locked message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: remove the message.
+    Complete,
+    /// Give it back without counting a delivery attempt.
+    Release,
+    /// Give it back and count a delivery attempt.
+    Abandon,
+    /// Keep it aside; it is only received again by sequence number.
+    Defer,
+    /// Move it to the dead-letter sub-queue.
+    DeadLetter {
+        /// Why.
+        reason: Option<String>,
+        /// More about why.
+        description: Option<String>,
+    },
+}
+
+/// One message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: Arc<Message>,
+    /// The lock, in peek-lock mode.
+    pub lock: Option<LockToken>,
+    /// Earlier delivery attempts.
+    pub delivery_count: u32,
+    /// Why the message was dead-lettered, when it comes from the dead-letter lane.
+    pub dead_letter_reason: Option<String>,
+    /// The dead-letter description.
+    pub dead_letter_description: Option<String>,
+}
+
+/// Where a consumer's deliveries go (the consumer link's connection). Called with the queue's
+/// lock held: implementations hand the value over (e.g. to a channel) and return at once.
+pub trait ConsumerSink: Send + Sync {
+    /// A delivery within the consumer's credit.
+    fn deliver(&self, delivery: Delivery);
+    /// A drain finished: everything available was delivered and the rest of the credit is
+    /// used up; `delivery_count` is the consumer's delivery count afterwards.
+    fn drained(&self, delivery_count: u32);
+}
+
+/// Per-queue settings.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Deliveries before a message is dead-lettered (`MaxDeliveryCount`).
+    pub max_delivery_count: u32,
+    /// Bytes of message payload the queue may hold (`MaxSizeInMegabytes`).
+    pub max_size_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_delivery_count: 10,
+            max_size_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counts for metrics and management.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages waiting to be delivered.
+    pub active: u64,
+    /// Messages locked by a consumer.
+    pub locked: u64,
+    /// Deferred messages.
+    pub deferred: u64,
+    /// Messages in the dead-letter sub-queue.
+    pub dead_lettered: u64,
+    /// Payload bytes held.
+    pub bytes: u64,
+    /// Consumer links.
+    pub consumers: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    msg: Arc<Message>,
+    delivery_count: u32,
+    dead_letter_reason: Option<String>,
+    dead_letter_description: Option<String>,
+}
+
+impl Entry {
+    fn ref_record(&self) -> RefRecord {
+        RefRecord {
+            delivery_count: self.delivery_count,
+            dead_letter_reason: self.dead_letter_reason.clone(),
+            dead_letter_description: self.dead_letter_description.clone(),
+        }
+    }
+}
+
+struct Consumer {
+    id: u64,
+    mode: ReceiveMode,
+    credit: u32,
+    delivery_count: u32,
+    sink: Arc<dyn ConsumerSink>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    available: BTreeMap<u64, Entry>,
+    consumers: Vec<Consumer>,
+    next: usize,
+}
+
+struct Locked {
+    entry: Entry,
+    lane: Lane,
+    consumer: u64,
+}
+
+struct State {
+    next_seq: u64,
+    main: LaneState,
+    dead: LaneState,
+    deferred: BTreeMap<u64, Entry>,
+    locks: HashMap<LockToken, Locked>,
+    bytes: u64,
+    next_consumer: u64,
+}
+
+/// A queue and its dead-letter sub-queue.
+pub struct Queue {
+    name: String,
+    id: u64,
+    config: QueueConfig,
+    storage: Arc<dyn Storage>,
+    state: Mutex<State>,
+    tokens: LockTokens,
+}
+
+impl Queue {
+    /// Opens the queue with id `id`, recovering its messages from `storage`.
+    pub fn open(
+        name: &str,
+        id: u64,
+        config: QueueConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Arc<Queue>, StoreError> {
+        let mut st = State {
+            next_seq: 1,
+            main: LaneState::default(),
+            dead: LaneState::default(),
+            deferred: BTreeMap::new(),
+            locks: HashMap::new(),
+            bytes: 0,
+            next_consumer: 1,
+        };
+        let (lo, hi) = keys::id_range(id);
+        let mut bodies = HashMap::new();
+        for (k, v) in storage.scan(Cf::Body, &lo, &hi)? {
+            let (_, seq) = keys::parse_body_key(&k)?;
+            let rec = BodyRecord::decode(&v)?;
+            st.next_seq = st.next_seq.max(seq + 1);
+            bodies.insert(seq, rec);
+        }
+        for (k, v) in storage.scan(Cf::Ref, &lo, &hi)? {
+            let (_, lane, seq) = keys::parse_ref_key(&k)?;
+            let r = RefRecord::decode(&v)?;
+            let body = bodies.remove(&seq).ok_or_else(|| {
+                StoreError::Corrupt(format!("reference to missing message {seq}"))
+            })?;
+            st.bytes += body.payload.len() as u64;
+            let entry = Entry {
+                msg: Arc::new(Message {
+                    seq,
+                    enqueued_ms: body.enqueued_ms,
+                    payload: body.payload,
+                }),
+                delivery_count: r.delivery_count,
+                dead_letter_reason: r.dead_letter_reason,
+                dead_letter_description: r.dead_letter_description,
+            };
+            match lane {
+                LANE_ACTIVE => st.main.available.insert(seq, entry),
+                LANE_DEFERRED => st.deferred.insert(seq, entry),
+                LANE_DEAD => st.dead.available.insert(seq, entry),
+                other => return Err(StoreError::Corrupt(format!("unknown lane {other}"))),
+            };
+        }
+        Ok(Arc::new(Queue {
+            name: name.to_string(),
+            id,
+            config,
+            storage,
+            state: Mutex::new(st),
+            tokens: LockTokens::new(id),
+        }))
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue's settings.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("queue state poisoned")
+    }
+
+    /// Stores `payloads` atomically, in order, and makes them available once committed;
+    /// `done` gets their sequence numbers.
+    pub fn enqueue(self: &Arc<Self>, payloads: Vec<Bytes>, done: Completion<Vec<u64>>) {
+        let size: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        let now = now_ms();
+        let mut batch = Batch::default();
+        let entries: Vec<Entry> = {
+            let mut st = self.lock();
+            if st.bytes + size > self.config.max_size_bytes {
+                drop(st);
+                return done(Err(StoreError::Full(format!(
+                    "queue '{}' holds {} of {} bytes",
+                    self.name,
+                    self.stats().bytes,
+                    self.config.max_size_bytes
+                ))));
+            }
+            st.bytes += size;
+            payloads
+                .into_iter()
+                .map(|payload| {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    let body = BodyRecord {
+                        enqueued_ms: now,
+                        payload,
+                    };
+                    batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
+                    batch.put(
+                        Cf::Ref,
+                        keys::ref_key(self.id, LANE_ACTIVE, seq),
+                        RefRecord::default().encode(),
+                    );
+                    Entry {
+                        msg: Arc::new(Message {
+                            seq,
+                            enqueued_ms: now,
+                            payload: body.payload,
+                        }),
+                        delivery_count: 0,
+                        dead_letter_reason: None,
+                        dead_letter_description: None,
+                    }
+                })
+                .collect()
+        };
+        let me = self.clone();
+        self.storage.write(
+            batch,
+            Box::new(move |r| match r {
+                Ok(()) => {
+                    let seqs = entries.iter().map(|e| e.msg.seq).collect();
+                    me.make_available(Lane::Main, entries);
+                    done(Ok(seqs));
+                }
+                Err(e) => {
+                    me.lock().bytes -= size;
+                    done(Err(e));
+                }
+            }),
+        );
+    }
+
+    fn make_available(&self, lane: Lane, entries: Vec<Entry>) {
+        let mut pending = Batch::default();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+            for e in entries {
+                ls.available.insert(e.msg.seq, e);
+            }
+            self.dispatch(st, lane, &mut pending);
+        }
+        self.write_in_background(pending);
+    }
+
+    /// Registers a consumer on `lane` with no credit yet.
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        lane: Lane,
+        mode: ReceiveMode,
+        sink: Arc<dyn ConsumerSink>,
+    ) -> ConsumerHandle {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let id = st.next_consumer;
+        st.next_consumer += 1;
+        let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+        ls.consumers.push(Consumer {
+            id,
+            mode,
+            credit: 0,
+            delivery_count: 0,
+            sink,
+        });
+        ConsumerHandle {
+            queue: self.clone(),
+            id,
+            lane,
+            closed: false,
+        }
+    }
+
+    fn dispatch(&self, st: &mut State, lane: Lane, pending: &mut Batch) {
+        let State {
+            main,
+            dead,
+            locks,
+            bytes,
+            ..
+        } = st;
+        let ls = lane_mut(main, dead, lane);
+        while !ls.available.is_empty() && !ls.consumers.is_empty() {
+            let n = ls.consumers.len();
+            let Some(i) = (0..n)
+                .map(|k| (ls.next + k) % n)
+                .find(|&i| ls.consumers[i].credit > 0)
+            else {
+                break;
+            };
+            ls.next = (i + 1) % n;
+            let (seq, entry) = ls.available.pop_first().expect("not empty");
+            let c = &mut ls.consumers[i];
+            c.credit -= 1;
+            c.delivery_count = c.delivery_count.wrapping_add(1);
+            let mut d = Delivery {
+                message: entry.msg.clone(),
+                lock: None,
+                delivery_count: entry.delivery_count,
+                dead_letter_reason: entry.dead_letter_reason.clone(),
+                dead_letter_description: entry.dead_letter_description.clone(),
+            };
+            match c.mode {
+                ReceiveMode::PeekLock => {
+                    let token = self.tokens.next();
+                    d.lock = Some(token);
+                    locks.insert(
+                        token,
+                        Locked {
+                            entry,
+                            lane,
+                            consumer: c.id,
+                        },
+                    );
+                }
+                ReceiveMode::ReceiveAndDelete => {
+                    *bytes -= entry.msg.payload.len() as u64;
+                    pending.delete(Cf::Body, keys::body_key(self.id, seq));
+                    pending.delete(Cf::Ref, keys::ref_key(self.id, lane.key_byte(), seq));
+                }
+            }
+            c.sink.deliver(d);
+        }
+    }
+
+    fn write_in_background(&self, batch: Batch) {
+        if !batch.is_empty() {
+            // Receive-and-delete removals: the messages are already handed out; a failed delete
+            // can only make a message reappear, never lose one.
+            self.storage.write(batch, Box::new(|_| {}));
+        }
+    }
+
+    fn flow(&self, consumer: u64, lane: Lane, delivery_count: u32, link_credit: u32, drain: bool) {
+        let mut pending = Batch::default();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+            let Some(c) = ls.consumers.iter_mut().find(|c| c.id == consumer) else {
+                return;
+            };
+            // credit counts from the receiver's view of the delivery count; deliveries it has
+            // not seen yet are already spent
+            let limit = delivery_count.wrapping_add(link_credit);
+            c.credit = (limit.wrapping_sub(c.delivery_count) as i32).max(0) as u32;
+            self.dispatch(st, lane, &mut pending);
+            if drain {
+                let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+                if let Some(c) = ls.consumers.iter_mut().find(|c| c.id == consumer) {
+                    c.delivery_count = c.delivery_count.wrapping_add(c.credit);
+                    c.credit = 0;
+                    c.sink.drained(c.delivery_count);
+                }
+            }
+        }
+        self.write_in_background(pending);
+    }
+
+    fn settle(
+        self: &Arc<Self>,
+        consumer: u64,
+        token: LockToken,
+        outcome: Outcome,
+        done: Completion<()>,
+    ) {
+        let locked = {
+            let mut st = self.lock();
+            match st.locks.get(&token) {
+                Some(l) if l.consumer == consumer => st.locks.remove(&token).expect("present"),
+                _ => {
+                    drop(st);
+                    return done(Err(StoreError::LockLost));
+                }
+            }
+        };
+        let Locked {
+            mut entry, lane, ..
+        } = locked;
+        let original = (lane, entry.clone());
+        let seq = entry.msg.seq;
+        let ref_key = |l: u8| keys::ref_key(self.id, l, seq);
+        let mut batch = Batch::default();
+        let restore_bytes = if outcome == Outcome::Complete {
+            entry.msg.payload.len() as u64
+        } else {
+            0
+        };
+        let back = match outcome {
+            Outcome::Complete => {
+                batch.delete(Cf::Body, keys::body_key(self.id, seq));
+                batch.delete(Cf::Ref, ref_key(lane.key_byte()));
+                self.lock().bytes -= entry.msg.payload.len() as u64;
+                None
+            }
+            Outcome::Release => {
+                self.make_available(lane, vec![entry]);
+                return done(Ok(()));
+            }
+            Outcome::Abandon => {
+                entry.delivery_count += 1;
+                let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
+                Some((to, entry))
+            }
+            Outcome::Defer => {
+                batch.delete(Cf::Ref, ref_key(lane.key_byte()));
+                batch.put(Cf::Ref, ref_key(LANE_DEFERRED), entry.ref_record().encode());
+                self.lock().deferred.insert(seq, entry);
+                None
+            }
+            Outcome::DeadLetter {
+                reason,
+                description,
+            } => {
+                if lane == Lane::Main {
+                    entry.dead_letter_reason = reason;
+                    entry.dead_letter_description = description;
+                }
+                batch.delete(Cf::Ref, ref_key(lane.key_byte()));
+                batch.put(Cf::Ref, ref_key(LANE_DEAD), entry.ref_record().encode());
+                Some((Lane::DeadLetter, entry))
+            }
+        };
+        let me = self.clone();
+        self.storage.write(
+            batch,
+            Box::new(move |r| match r {
+                Ok(()) => {
+                    if let Some((lane, entry)) = back {
+                        me.make_available(lane, vec![entry]);
+                    }
+                    done(Ok(()))
+                }
+                Err(e) => {
+                    // nothing changed on disk: the message is where it was, unlocked
+                    let (lane, entry) = original;
+                    {
+                        let mut st = me.lock();
+                        st.deferred.remove(&entry.msg.seq);
+                        st.bytes += restore_bytes;
+                    }
+                    me.make_available(lane, vec![entry]);
+                    done(Err(e))
+                }
+            }),
+        );
+    }
+
+    /// Decides where a message goes after a failed delivery attempt (abandon, lost lock,
+    /// consumer gone): back to its lane, or to the dead-letter lane once it has been delivered
+    /// `MaxDeliveryCount` times. Adds the reference update to `batch`.
+    fn after_failed_delivery(&self, entry: &mut Entry, lane: Lane, batch: &mut Batch) -> Lane {
+        let seq = entry.msg.seq;
+        if lane == Lane::Main && entry.delivery_count >= self.config.max_delivery_count {
+            entry.dead_letter_reason = Some(MAX_DELIVERY_COUNT_EXCEEDED.into());
+            entry.dead_letter_description = Some(format!(
+                "message was delivered {} times, MaxDeliveryCount is {}",
+                entry.delivery_count, self.config.max_delivery_count
+            ));
+            batch.delete(Cf::Ref, keys::ref_key(self.id, LANE_ACTIVE, seq));
+            batch.put(
+                Cf::Ref,
+                keys::ref_key(self.id, LANE_DEAD, seq),
+                entry.ref_record().encode(),
+            );
+            Lane::DeadLetter
+        } else {
+            batch.put(
+                Cf::Ref,
+                keys::ref_key(self.id, lane.key_byte(), seq),
+                entry.ref_record().encode(),
+            );
+            lane
+        }
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.lock();
+        let locked_dead = st
+            .locks
+            .values()
+            .filter(|l| l.lane == Lane::DeadLetter)
+            .count();
+        QueueStats {
+            active: st.main.available.len() as u64,
+            locked: st.locks.len() as u64,
+            deferred: st.deferred.len() as u64,
+            dead_lettered: (st.dead.available.len() + locked_dead) as u64,
+            bytes: st.bytes,
+            consumers: (st.main.consumers.len() + st.dead.consumers.len()) as u64,
+        }
+    }
+
+    fn remove_consumer(self: &Arc<Self>, consumer: u64, lane: Lane) {
+        let mut returned: Vec<(Lane, Entry)> = Vec::new();
+        let mut batch = Batch::default();
+        {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+            ls.consumers.retain(|c| c.id != consumer);
+            if ls.next >= ls.consumers.len() {
+                ls.next = 0;
+            }
+            let tokens: Vec<LockToken> = st
+                .locks
+                .iter()
+                .filter(|(_, l)| l.consumer == consumer)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in tokens {
+                let Locked {
+                    mut entry, lane, ..
+                } = st.locks.remove(&t).expect("listed");
+                entry.delivery_count += 1;
+                let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
+                returned.push((to, entry));
+            }
+        }
+        if returned.is_empty() {
+            return;
+        }
+        returned.sort_by_key(|(_, e)| e.msg.seq);
+        let me = self.clone();
+        // Whether or not the count update is written, the messages go back: nothing is lost.
+        self.storage.write(
+            batch,
+            Box::new(move |_| {
+                for lane in [Lane::Main, Lane::DeadLetter] {
+                    let entries: Vec<Entry> = returned
+                        .iter()
+                        .filter(|(l, _)| *l == lane)
+                        .map(|(_, e)| e.clone())
+                        .collect();
+                    if !entries.is_empty() {
+                        me.make_available(lane, entries);
+                    }
+                }
+            }),
+        );
+    }
+}
+
+fn lane_mut<'a>(main: &'a mut LaneState, dead: &'a mut LaneState, lane: Lane) -> &'a mut LaneState {
+    match lane {
+        Lane::Main => main,
+        Lane::DeadLetter => dead,
+    }
+}
+
+/// A consumer's registration with a queue lane. Dropping it (or [`ConsumerHandle::close`])
+/// unregisters the consumer and returns its locked messages with their delivery count raised.
+pub struct ConsumerHandle {
+    queue: Arc<Queue>,
+    id: u64,
+    lane: Lane,
+    closed: bool,
+}
+
+impl ConsumerHandle {
+    /// The receiver's flow state: its delivery count and link credit. With `drain`, whatever is
+    /// available is delivered, the rest of the credit is used up and the sink hears `drained`.
+    pub fn flow(&self, delivery_count: u32, link_credit: u32, drain: bool) {
+        self.queue
+            .flow(self.id, self.lane, delivery_count, link_credit, drain);
+    }
+
+    /// Settles a locked message; `done` hears once the outcome is durable.
+    pub fn settle(&self, lock: LockToken, outcome: Outcome, done: Completion<()>) {
+        self.queue.settle(self.id, lock, outcome, done);
+    }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// Unregisters the consumer and returns its locked messages.
+    pub fn close(mut self) {
+        self.closed = true;
+        self.queue.remove_consumer(self.id, self.lane);
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.queue.remove_consumer(self.id, self.lane);
+        }
+    }
+}
+
+/// Lock tokens: unique in the process and unpredictable across restarts (a random prefix
+/// per queue and a counter), laid out as RFC 4122 version-4 UUIDs.
+struct LockTokens {
+    prefix: [u8; 8],
+    counter: AtomicU64,
+}
+
+impl LockTokens {
+    fn new(queue_id: u64) -> Self {
+        let random = uuid::Uuid::new_v4().into_bytes();
+        let mut prefix = [0u8; 8];
+        for (i, b) in prefix.iter_mut().enumerate() {
+            *b = random[i] ^ queue_id.to_be_bytes()[i];
+        }
+        LockTokens {
+            prefix,
+            counter: AtomicU64::new(u64::from_be_bytes(random[8..].try_into().expect("8 bytes"))),
+        }
+    }
+
+    fn next(&self) -> LockToken {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&self.prefix);
+        t[8..].copy_from_slice(&n.to_be_bytes());
+        t[6] = (t[6] & 0x0f) | 0x40;
+        t[8] = (t[8] & 0x3f) | 0x80;
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests;
