@@ -198,14 +198,15 @@ pub fn encode_sasl_frame(out: &mut BytesMut, frame: &SaslFrame) {
 
 /// Appends a delivery as one or more transfer frames, none larger than `max_frame_size`.
 /// `first` carries the delivery's fields; continuation frames repeat only the handle and the
-/// delivery-id. `chunks` are written in order as the message payload.
+/// delivery-id. `chunks` are written in order as the message payload. Returns the number of
+/// frames written.
 pub fn encode_transfer(
     out: &mut BytesMut,
     channel: u16,
     first: Transfer,
     chunks: &[&[u8]],
     max_frame_size: u32,
-) {
+) -> u32 {
     let total: usize = chunks.iter().map(|c| c.len()).sum();
     let mut head = first;
     head.more = true;
@@ -215,7 +216,7 @@ pub fn encode_transfer(
     if total <= room {
         head.more = false;
         encode_frame_from_parts(out, channel, &Performative::Transfer(head), chunks, total);
-        return;
+        return 1;
     }
     let cont = Transfer {
         handle: head.handle.clone(),
@@ -237,7 +238,9 @@ pub fn encode_transfer(
     };
     let mut remaining = total;
     let mut perf = Performative::Transfer(head);
+    let mut frames = 0;
     loop {
+        frames += 1;
         let mut pbuf = BytesMut::new();
         write_value(&mut pbuf, &perf);
         let room = (max_frame_size as usize)
@@ -260,7 +263,7 @@ pub fn encode_transfer(
         let size = (out.len() - start) as u32;
         out[start..start + 4].copy_from_slice(&size.to_be_bytes());
         if remaining == 0 {
-            return;
+            return frames;
         }
         perf = Performative::Transfer(cont.clone());
     }

@@ -1,0 +1,255 @@
+//! Ferrobus metrics: one Prometheus registry, counters updated on the hot path as atomics,
+//! entity gauges gathered at scrape time, and a small HTTP listener serving `/metrics`
+//! (Prometheus text format) and `/health`.
+//!
+//! The HTTP side is deliberately tiny (GET only, one request per connection, bounded request
+//! head): it serves probes and scrapers, not browsers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counts of one entity, reported at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct EntityCounts {
+    /// Entity name.
+    pub name: String,
+    /// Messages waiting.
+    pub active: u64,
+    /// Messages locked by consumers.
+    pub locked: u64,
+    /// Deferred messages.
+    pub deferred: u64,
+    /// Dead-lettered messages.
+    pub dead_lettered: u64,
+    /// Payload bytes held.
+    pub bytes: u64,
+}
+
+/// Something that can list its entities' counts (the broker).
+pub trait EntitySource: Send + Sync {
+    /// Counts of every entity, now.
+    fn entity_counts(&self) -> Vec<EntityCounts>;
+}
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted.
+    pub connections_total: IntCounter,
+    /// Connections open now.
+    pub connections: IntGauge,
+    /// Links attached now.
+    pub links: IntGauge,
+    /// Messages accepted from producers.
+    pub messages_in: IntCounter,
+    /// Payload bytes accepted from producers.
+    pub bytes_in: IntCounter,
+    /// Messages delivered to consumers.
+    pub messages_out: IntCounter,
+    /// Settlement outcomes by kind (completed, abandoned, released, deferred, dead_lettered).
+    pub settled: IntCounterVec,
+    /// Failed SASL logins.
+    pub auth_failures: IntCounter,
+    entity_messages: IntGaugeVec,
+    entity_bytes: IntGaugeVec,
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let connections_total = counter("ferrobus_connections_total", "AMQP connections accepted.");
+        let connections = gauge("ferrobus_connections", "AMQP connections open.");
+        let links = gauge("ferrobus_links", "AMQP links attached.");
+        let messages_in = counter(
+            "ferrobus_messages_received_total",
+            "Messages accepted from producers.",
+        );
+        let bytes_in = counter(
+            "ferrobus_received_bytes_total",
+            "Message bytes accepted from producers.",
+        );
+        let messages_out = counter(
+            "ferrobus_messages_delivered_total",
+            "Deliveries sent to consumers.",
+        );
+        let auth_failures = counter("ferrobus_auth_failures_total", "Failed logins.");
+        let settled = IntCounterVec::new(
+            Opts::new(
+                "ferrobus_messages_settled_total",
+                "Consumer settlements by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(settled.clone()))
+            .expect("unique metric");
+        let entity_messages = IntGaugeVec::new(
+            Opts::new(
+                "ferrobus_entity_messages",
+                "Messages held per entity and state.",
+            ),
+            &["entity", "state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(entity_messages.clone()))
+            .expect("unique metric");
+        let entity_bytes = IntGaugeVec::new(
+            Opts::new(
+                "ferrobus_entity_bytes",
+                "Message payload bytes held per entity.",
+            ),
+            &["entity"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(entity_bytes.clone()))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            registry,
+            connections_total,
+            connections,
+            links,
+            messages_in,
+            bytes_in,
+            messages_out,
+            settled,
+            auth_failures,
+            entity_messages,
+            entity_bytes,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric, with entity gauges refreshed.
+    pub fn render(&self, entities: &dyn EntitySource) -> String {
+        for e in entities.entity_counts() {
+            for (state, v) in [
+                ("active", e.active),
+                ("locked", e.locked),
+                ("deferred", e.deferred),
+                ("dead_lettered", e.dead_lettered),
+            ] {
+                self.entity_messages
+                    .with_label_values(&[e.name.as_str(), state])
+                    .set(v as i64);
+            }
+            self.entity_bytes
+                .with_label_values(&[e.name.as_str()])
+                .set(e.bytes as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Serves `/health` and `/metrics` on `listener` until `shutdown` fires.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    entities: Arc<dyn EntitySource>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let entities = entities.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut chunk).await?;
+                    if n == 0 || buf.len() > 8192 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let path = path.split('?').next().unwrap_or("");
+                let (status, ctype, body) = match (method, path) {
+                    ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_string()),
+                    ("GET", "/metrics") => (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.render(entities.as_ref()),
+                    ),
+                    ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                    _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await?;
+                sock.shutdown().await
+            })
+            .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Two;
+    impl EntitySource for Two {
+        fn entity_counts(&self) -> Vec<EntityCounts> {
+            vec![EntityCounts {
+                name: "q1".into(),
+                active: 3,
+                bytes: 10,
+                ..Default::default()
+            }]
+        }
+    }
+
+    #[test]
+    fn render_includes_counters_and_entity_gauges() {
+        let m = Metrics::new();
+        m.messages_in.inc_by(5);
+        let text = m.render(&Two);
+        assert!(text.contains("ferrobus_messages_received_total 5"));
+        assert!(text.contains("ferrobus_entity_messages{entity=\"q1\",state=\"active\"} 3"));
+        assert!(text.contains("ferrobus_entity_bytes{entity=\"q1\"} 10"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The broker as the engine sees it: address routing, logins, and the link endpoints that
+//! join AMQP links to queues.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrobus_codec::message::{AnnotationValue, Sections};
+use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition, Role};
+use ferrobus_codec::types::messaging::{
+    Accepted, DeliveryState, Modified, Rejected, Released, TargetArchetype,
+};
+use ferrobus_metrics::{EntityCounts, EntitySource, Metrics};
+use ferrobus_session::{
+    AttachRequest, Endpoint, Event, IncomingLink, Outbox, OutgoingBody, OutgoingDelivery,
+    OutgoingLink, Refusal, Router,
+};
+use ferrobus_store::{
+    ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, Outcome, ReceiveMode, StoreError,
+};
+
+use crate::config::KeyRule;
+use crate::errors::{condition, store_error};
+
+/// Message annotations the broker owns: a producer's values for these are dropped.
+const OWNED_ANNOTATIONS: &[&str] = &[
+    "x-opt-sequence-number",
+    "x-opt-enqueued-time",
+    "x-opt-locked-until",
+    "x-opt-message-state",
+    "x-opt-enqueue-sequence-number",
+];
+
+/// The router: entities, key rules and metrics.
+pub struct Broker {
+    pub entities: Entities,
+    pub keys: Vec<KeyRule>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Router for Broker {
+    fn check_plain(&self, user: &str, password: &str) -> bool {
+        let ok = self
+            .keys
+            .iter()
+            .any(|k| k.name == user && constant_time_eq(k.key.as_bytes(), password.as_bytes()));
+        if !ok {
+            self.metrics.auth_failures.inc();
+        }
+        ok
+    }
+
+    fn attach(&self, req: AttachRequest<'_>) -> Result<Endpoint, Refusal> {
+        let a = req.attach;
+        let peer_sends = a.role == Role::Sender;
+        let address = if peer_sends {
+            a.target.as_deref().and_then(|t| match t {
+                TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+        } else {
+            a.source.as_deref().and_then(|s| s.address.clone())
+        };
+        let Some(address) = address.filter(|a| !a.is_empty()) else {
+            return Err(refuse(
+                AmqpError::InvalidField,
+                "the link has no address".into(),
+            ));
+        };
+        let resolved = self
+            .entities
+            .resolve(&address)
+            .map_err(|e| refuse(AmqpError::NotFound, e.to_string()))?;
+        self.metrics.links.inc();
+        let guard = LinkGauge(self.metrics.clone());
+        if peer_sends {
+            if resolved.lane == Lane::DeadLetter {
+                return Err(refuse(
+                    AmqpError::NotAllowed,
+                    format!("'{address}' is a dead-letter queue; messages cannot be sent to it"),
+                ));
+            }
+            Ok(Endpoint::Incoming(Box::new(Producer {
+                queue: resolved.queue,
+                outbox: req.outbox,
+                metrics: self.metrics.clone(),
+                _gauge: guard,
+            })))
+        } else {
+            let mode = if req.presettled {
+                ReceiveMode::ReceiveAndDelete
+            } else {
+                ReceiveMode::PeekLock
+            };
+            let sink = Arc::new(Sink {
+                outbox: req.outbox.clone(),
+                metrics: self.metrics.clone(),
+            });
+            let handle = resolved.queue.add_consumer(resolved.lane, mode, sink);
+            Ok(Endpoint::Outgoing(Box::new(Consumer {
+                handle,
+                outbox: req.outbox,
+                metrics: self.metrics.clone(),
+                _gauge: guard,
+            })))
+        }
+    }
+
+    fn connection_opened(&self) {
+        self.metrics.connections_total.inc();
+        self.metrics.connections.inc();
+    }
+
+    fn connection_closed(&self) {
+        self.metrics.connections.dec();
+    }
+}
+
+impl EntitySource for Broker {
+    fn entity_counts(&self) -> Vec<EntityCounts> {
+        self.entities
+            .queues()
+            .map(|q| {
+                let s = q.stats();
+                EntityCounts {
+                    name: q.name().to_string(),
+                    active: s.active,
+                    locked: s.locked,
+                    deferred: s.deferred,
+                    dead_lettered: s.dead_lettered,
+                    bytes: s.bytes,
+                }
+            })
+            .collect()
+    }
+}
+
+fn refuse(c: impl Into<ErrorCondition>, text: String) -> Refusal {
+    Refusal(Error::new(c, Some(text), None))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Keeps the links gauge right: one per live endpoint.
+struct LinkGauge(Arc<Metrics>);
+
+impl Drop for LinkGauge {
+    fn drop(&mut self) {
+        self.0.links.dec();
+    }
+}
+
+/// A producer link into a queue.
+struct Producer {
+    queue: Arc<ferrobus_store::Queue>,
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    _gauge: LinkGauge,
+}
+
+impl IncomingLink for Producer {
+    fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
+        if message_format != 0 {
+            let err = Error::new(
+                AmqpError::NotImplemented,
+                Some(format!(
+                    "message-format {message_format:#x} is not supported"
+                )),
+                None,
+            );
+            self.outbox
+                .send(|l| Event::Published(l, delivery_id, rejected(err)));
+            return;
+        }
+        if let Err(e) = Sections::scan(&payload) {
+            let err = Error::new(
+                AmqpError::DecodeError,
+                Some(format!("malformed message: {e}")),
+                None,
+            );
+            self.outbox
+                .send(|l| Event::Published(l, delivery_id, rejected(err)));
+            return;
+        }
+        let outbox = self.outbox.clone();
+        let metrics = self.metrics.clone();
+        let len = payload.len() as u64;
+        self.queue.enqueue(
+            vec![payload],
+            Box::new(move |r| {
+                let state = match r {
+                    Ok(_) => {
+                        metrics.messages_in.inc();
+                        metrics.bytes_in.inc_by(len);
+                        DeliveryState::Accepted(Accepted {})
+                    }
+                    Err(e) => rejected(store_error(&e)),
+                };
+                outbox.send(|l| Event::Published(l, delivery_id, state));
+            }),
+        );
+    }
+}
+
+fn rejected(error: Error) -> DeliveryState {
+    DeliveryState::Rejected(Rejected { error: Some(error) })
+}
+
+/// Hands a queue's deliveries to the consumer link's connection.
+struct Sink {
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+}
+
+impl ConsumerSink for Sink {
+    fn deliver(&self, d: Delivery) {
+        self.metrics.messages_out.inc();
+        let m = &d.message;
+        let tag = match d.lock {
+            Some(lock) => dotnet_guid_bytes(lock),
+            None => {
+                let mut t = [0u8; 16];
+                t[8..].copy_from_slice(&m.seq.to_be_bytes());
+                t
+            }
+        };
+        let mut annotations = vec![
+            ("x-opt-sequence-number", AnnotationValue::Long(m.seq as i64)),
+            (
+                "x-opt-enqueued-time",
+                AnnotationValue::Timestamp(m.enqueued_ms),
+            ),
+        ];
+        if let Some(reason) = &d.dead_letter_reason {
+            annotations.push((
+                "x-opt-deadletter-reason",
+                AnnotationValue::Str(reason.clone()),
+            ));
+        }
+        if let Some(desc) = &d.dead_letter_description {
+            annotations.push((
+                "x-opt-deadletter-description",
+                AnnotationValue::Str(desc.clone()),
+            ));
+        }
+        let delivery = OutgoingDelivery {
+            tag,
+            settled: d.lock.is_none(),
+            message_format: 0,
+            body: OutgoingBody::Stored {
+                payload: m.payload.clone(),
+                delivery_count: d.delivery_count,
+                annotations,
+                owned: OWNED_ANNOTATIONS,
+            },
+        };
+        self.outbox.send(|l| Event::Deliver(l, delivery));
+    }
+
+    fn drained(&self, delivery_count: u32) {
+        self.outbox.send(|l| Event::Drained(l, delivery_count));
+    }
+}
+
+/// A lock token as a Service Bus delivery tag: the UUID in .NET (little-endian) byte order.
+fn dotnet_guid_bytes(u: [u8; 16]) -> [u8; 16] {
+    let mut t = u;
+    t[0..4].reverse();
+    t[4..6].reverse();
+    t[6..8].reverse();
+    t
+}
+
+/// A consumer link on a queue lane.
+struct Consumer {
+    handle: ConsumerHandle,
+    outbox: Outbox,
+    metrics: Arc<Metrics>,
+    _gauge: LinkGauge,
+}
+
+impl OutgoingLink for Consumer {
+    fn flow(&mut self, delivery_count: u32, link_credit: u32, drain: bool) {
+        self.handle.flow(delivery_count, link_credit, drain);
+    }
+
+    fn disposition(
+        &mut self,
+        delivery_id: u32,
+        tag: [u8; 16],
+        state: Option<DeliveryState>,
+        settled: bool,
+    ) {
+        let (outcome, echo, label) = match &state {
+            Some(DeliveryState::Accepted(_)) => (Outcome::Complete, state.clone(), "completed"),
+            Some(DeliveryState::Released(_)) | None => (
+                Outcome::Release,
+                Some(DeliveryState::Released(Released {})),
+                "released",
+            ),
+            Some(DeliveryState::Modified(m)) if m.undeliverable_here == Some(true) => (
+                Outcome::Defer,
+                Some(DeliveryState::Modified(echo_modified(m))),
+                "deferred",
+            ),
+            Some(DeliveryState::Modified(m)) => (
+                Outcome::Abandon,
+                Some(DeliveryState::Modified(echo_modified(m))),
+                "abandoned",
+            ),
+            Some(DeliveryState::Rejected(r)) => {
+                let (reason, description) = dead_letter_fields(r);
+                (
+                    Outcome::DeadLetter {
+                        reason,
+                        description,
+                    },
+                    Some(DeliveryState::Rejected(Rejected { error: None })),
+                    "dead_lettered",
+                )
+            }
+            Some(_) => return, // received: not an outcome
+        };
+        let outbox = self.outbox.clone();
+        let metrics = self.metrics.clone();
+        self.handle.settle(
+            dotnet_guid_bytes(tag),
+            outcome,
+            Box::new(move |r| {
+                let echoed = match r {
+                    Ok(()) => {
+                        metrics.settled.with_label_values(&[label]).inc();
+                        echo.unwrap_or(DeliveryState::Accepted(Accepted {}))
+                    }
+                    Err(e @ StoreError::LockLost) => rejected(store_error(&e)),
+                    Err(e) => rejected(store_error(&e)),
+                };
+                if !settled {
+                    outbox.send(|l| Event::Settled(l, delivery_id, echoed));
+                }
+            }),
+        );
+    }
+}
+
+fn echo_modified(m: &Modified) -> Modified {
+    Modified {
+        delivery_failed: m.delivery_failed,
+        undeliverable_here: m.undeliverable_here,
+        message_annotations: None,
+    }
+}
+
+/// The dead-letter reason and description a client put in its rejected outcome: the error's
+/// info fields `DeadLetterReason` / `DeadLetterErrorDescription` (Service Bus SDKs), else the
+/// error's condition and description.
+fn dead_letter_fields(r: &Rejected) -> (Option<String>, Option<String>) {
+    let Some(err) = &r.error else {
+        return (None, None);
+    };
+    let info = |key: &str| {
+        err.info.as_ref().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.as_str() == key)
+                .and_then(|(_, v)| match v {
+                    ferrobus_codec::types::primitives::Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+        })
+    };
+    let reason = info("DeadLetterReason").or_else(|| Some(condition(&err.condition)));
+    let description = info("DeadLetterErrorDescription").or_else(|| err.description.clone());
+    (reason, description)
+}

@@ -1,0 +1,260 @@
+//! The broker's configuration: one typed struct, read from the embedded default (or a TOML
+//! file), then `FERROBUS__SECTION__KEY` environment variables, then command-line flags.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// The commented reference configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../deploy/ferrobus.toml");
+
+/// Everything the broker can be told.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and process settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// AMQP protocol limits.
+    #[serde(default)]
+    pub amqp: AmqpConfig,
+    /// Credentials.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Where messages are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The queues.
+    #[serde(default)]
+    pub queues: Vec<QueueDecl>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// AMQP listener address.
+    pub amqp_listen: String,
+    /// HTTP listener address (`/health`, `/metrics`).
+    pub http_listen: String,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Data directory.
+    pub data_dir: String,
+    /// Seconds that connections get to close on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            amqp_listen: "127.0.0.1:5672".into(),
+            http_listen: "127.0.0.1:5300".into(),
+            max_connections: 10_000,
+            data_dir: "./data".into(),
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[amqp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// A peer silent this long is closed (we advertise half). 0 = never.
+    pub idle_timeout_ms: u64,
+    /// Largest frame accepted.
+    pub max_frame_size: u32,
+    /// Largest message accepted.
+    pub max_message_size: u64,
+    /// Highest channel number.
+    pub channel_max: u16,
+    /// Refuse clients that skip SASL.
+    pub require_sasl: bool,
+    /// Credit granted to each producer link.
+    pub link_credit: u32,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            idle_timeout_ms: 120_000,
+            max_frame_size: 262_144,
+            max_message_size: 104_857_600,
+            channel_max: 1023,
+            require_sasl: false,
+            link_credit: 1000,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Key rules; SASL PLAIN logs in with a rule's name and key.
+    pub keys: Vec<KeyRule>,
+}
+
+/// A shared-access key rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRule {
+    /// Rule name (the PLAIN user name).
+    pub name: String,
+    /// The key (the PLAIN password). Never printed.
+    pub key: String,
+}
+
+impl fmt::Debug for KeyRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRule")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `memory` (nothing survives a restart).
+    pub kind: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: "memory".into(),
+        }
+    }
+}
+
+/// `[[queues]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDecl {
+    /// Queue name (case-insensitive).
+    pub name: String,
+    /// Deliveries before a message is dead-lettered.
+    #[serde(default = "default_max_delivery_count")]
+    pub max_delivery_count: u32,
+    /// Largest total payload the queue holds, in MiB.
+    #[serde(default = "default_max_size_mb")]
+    pub max_size_mb: u64,
+}
+
+fn default_max_delivery_count() -> u32 {
+    10
+}
+
+fn default_max_size_mb() -> u64 {
+    1024
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<String>,
+    /// `--amqp-listen`
+    pub amqp_listen: Option<String>,
+    /// `--http-listen`
+    pub http_listen: Option<String>,
+}
+
+impl Config {
+    /// Loads the file at `path` (or the embedded default), then the environment, then the
+    /// flags. Errors name the offending key.
+    pub fn load(path: Option<&str>, overrides: &Overrides) -> anyhow::Result<Config> {
+        use config::{Environment, File, FileFormat};
+        let mut b = config::Config::builder();
+        b = match path {
+            Some(p) => b.add_source(File::new(p, FileFormat::Toml)),
+            None => b.add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml)),
+        };
+        b = b.add_source(
+            Environment::with_prefix("FERROBUS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in [
+            ("server.data_dir", &overrides.data_dir),
+            ("server.amqp_listen", &overrides.amqp_listen),
+            ("server.http_listen", &overrides.http_listen),
+        ] {
+            if let Some(v) = value {
+                b = b.set_override(key, v.as_str())?;
+            }
+        }
+        let cfg: Config = b
+            .build()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.storage.kind != "memory" {
+            anyhow::bail!(
+                "configuration: storage.kind = {:?} is not supported (supported: \"memory\")",
+                self.storage.kind
+            );
+        }
+        if self.amqp.max_frame_size < 512 {
+            anyhow::bail!("configuration: amqp.max_frame_size must be at least 512");
+        }
+        if self.amqp.link_credit == 0 {
+            anyhow::bail!("configuration: amqp.link_credit must be at least 1");
+        }
+        for q in &self.queues {
+            if q.name.is_empty() || q.name.contains('$') {
+                anyhow::bail!("configuration: queues: invalid queue name {:?}", q.name);
+            }
+            if q.max_delivery_count == 0 {
+                anyhow::bail!(
+                    "configuration: queues.{}: max_delivery_count must be at least 1",
+                    q.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_loads() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.server.amqp_listen, "127.0.0.1:5672");
+        assert_eq!(c.server.http_listen, "127.0.0.1:5300");
+        assert_eq!(c.queues.len(), 1);
+        assert_eq!(c.queues[0].name, "queue.1");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("ferrobus-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "[amqp]\nidle_timout_ms = 5\n").unwrap();
+        let e = Config::load(Some(p.to_str().unwrap()), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("idle_timout_ms"), "{e}");
+    }
+
+    #[test]
+    fn key_rules_never_print_their_key() {
+        let k = KeyRule {
+            name: "n".into(),
+            key: "SECRET".into(),
+        };
+        assert!(!format!("{k:?}").contains("SECRET"));
+    }
+}

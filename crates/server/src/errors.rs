@@ -1,0 +1,50 @@
+//! The one table from internal errors to AMQP error conditions.
+
+use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition};
+use ferrobus_codec::types::primitives::Symbol;
+use ferrobus_store::StoreError;
+
+/// Service Bus: the lock on a message was lost or has expired.
+pub const MESSAGE_LOCK_LOST: &str = "com.microsoft:message-lock-lost";
+
+/// The AMQP error for a store error.
+pub fn store_error(e: &StoreError) -> Error {
+    let condition: ErrorCondition = match e {
+        StoreError::LockLost => ErrorCondition::Custom(Symbol::from(MESSAGE_LOCK_LOST)),
+        StoreError::Full(_) => AmqpError::ResourceLimitExceeded.into(),
+        StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
+    };
+    Error::new(condition, Some(e.to_string()), None)
+}
+
+/// The symbol text of a condition.
+pub fn condition(c: &ErrorCondition) -> String {
+    match ferrobus_codec::serde_amqp::to_vec(c)
+        .ok()
+        .and_then(|b| ferrobus_codec::serde_amqp::from_slice::<Symbol>(&b).ok())
+    {
+        Some(s) => s.as_str().to_string(),
+        None => format!("{c:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_conditions() {
+        assert_eq!(
+            condition(&store_error(&StoreError::LockLost).condition),
+            MESSAGE_LOCK_LOST
+        );
+        assert_eq!(
+            condition(&store_error(&StoreError::Full("x".into())).condition),
+            "amqp:resource-limit-exceeded"
+        );
+        assert_eq!(
+            condition(&store_error(&StoreError::Storage("x".into())).condition),
+            "amqp:internal-error"
+        );
+    }
+}

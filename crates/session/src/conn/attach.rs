@@ -1,0 +1,233 @@
+//! Attach and Detach: links come and go.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use ferrobus_codec::types::definitions::{
+    Error, ReceiverSettleMode, Role, SenderSettleMode, SessionError,
+};
+use ferrobus_codec::types::performatives::{Attach, Detach, Performative};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{error, Connection, Fatal};
+use crate::api::{AttachRequest, Endpoint, IncomingLink, LinkId, Outbox, OutgoingLink};
+
+pub(crate) struct Link {
+    pub id: LinkId,
+    pub kind: LinkKind,
+}
+
+pub(crate) enum LinkKind {
+    In(InLink),
+    Out(OutLink),
+    /// We detached (or refused) the link and wait for the peer's detach.
+    Closing,
+}
+
+/// A link the peer sends on.
+pub(crate) struct InLink {
+    pub ep: Box<dyn IncomingLink>,
+    /// Credit the peer still has.
+    pub credit: u32,
+    /// The peer's delivery count as we have counted it.
+    pub delivery_count: u32,
+    /// Messages handed to the endpoint whose outcome has not come back.
+    pub outstanding: u32,
+    /// Delivery-ids the peer sent unsettled and that await our disposition.
+    pub unsettled: HashSet<u32>,
+    /// A multi-frame delivery being reassembled.
+    pub partial: Option<Partial>,
+}
+
+pub(crate) struct Partial {
+    pub delivery_id: u32,
+    pub settled: bool,
+    pub message_format: u32,
+    pub buf: BytesMut,
+}
+
+/// A link we send on.
+pub(crate) struct OutLink {
+    pub ep: Box<dyn OutgoingLink>,
+    /// Deliveries sent (the link's delivery count).
+    pub delivery_count: u32,
+    /// Credit the peer gave, as of our delivery count.
+    pub credit: u32,
+    pub presettled: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub(super) fn on_attach(&mut self, channel: u16, attach: Attach) -> Result<(), Fatal> {
+        let handle = attach.handle.0;
+        let in_use = match self.session(channel)? {
+            None => return Ok(()),
+            Some(session) => session.links.contains_key(&handle),
+        };
+        if in_use {
+            self.end_session(
+                channel,
+                error(
+                    SessionError::HandleInUse,
+                    format!("handle {handle} is already attached"),
+                ),
+            );
+            return Ok(());
+        }
+        let id = self.new_link_id();
+        let outbox = Outbox {
+            link: id,
+            tx: self.tx.clone(),
+        };
+        let peer_sends = attach.role == Role::Sender;
+        let presettled = !peer_sends && attach.snd_settle_mode == SenderSettleMode::Settled;
+        let req = AttachRequest {
+            attach: &attach,
+            container_id: &self.peer_container,
+            user: self.user.as_deref(),
+            outbox,
+            presettled,
+        };
+        let endpoint = self.router.attach(req);
+        let mut reply = Attach {
+            name: attach.name.clone(),
+            handle: attach.handle.clone(),
+            role: if peer_sends {
+                Role::Receiver
+            } else {
+                Role::Sender
+            },
+            snd_settle_mode: attach.snd_settle_mode.clone(),
+            rcv_settle_mode: attach.rcv_settle_mode.clone(),
+            source: attach.source.clone(),
+            target: attach.target.clone(),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: Some(0),
+            max_message_size: Some(self.cfg.max_message_size),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let session = self.sessions.get_mut(&channel).expect("checked above");
+        match endpoint {
+            Err(refusal) => {
+                reply.source = None;
+                reply.target = None;
+                session.links.insert(
+                    handle,
+                    Link {
+                        id,
+                        kind: LinkKind::Closing,
+                    },
+                );
+                self.write(channel, &Performative::Attach(reply));
+                self.write(
+                    channel,
+                    &Performative::Detach(Detach {
+                        handle: handle.into(),
+                        closed: true,
+                        error: Some(refusal.0),
+                    }),
+                );
+            }
+            Ok(Endpoint::Incoming(ep)) => {
+                // we settle first: the peer's transfer is settled by our disposition
+                reply.rcv_settle_mode = ReceiverSettleMode::First;
+                let credit = self.cfg.link_credit;
+                let delivery_count = attach.initial_delivery_count.unwrap_or(0);
+                let link = InLink {
+                    ep,
+                    credit,
+                    delivery_count,
+                    outstanding: 0,
+                    unsettled: HashSet::new(),
+                    partial: None,
+                };
+                session.links.insert(
+                    handle,
+                    Link {
+                        id,
+                        kind: LinkKind::In(link),
+                    },
+                );
+                self.links.insert(id, (channel, handle));
+                self.write(channel, &Performative::Attach(reply));
+                self.link_flow(channel, handle, delivery_count, credit, false);
+            }
+            Ok(Endpoint::Outgoing(ep)) => {
+                reply.snd_settle_mode = if presettled {
+                    SenderSettleMode::Settled
+                } else {
+                    SenderSettleMode::Unsettled
+                };
+                let link = OutLink {
+                    ep,
+                    delivery_count: 0,
+                    credit: 0,
+                    presettled,
+                };
+                session.links.insert(
+                    handle,
+                    Link {
+                        id,
+                        kind: LinkKind::Out(link),
+                    },
+                );
+                self.links.insert(id, (channel, handle));
+                self.write(channel, &Performative::Attach(reply));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_detach(&mut self, channel: u16, detach: Detach) -> Result<(), Fatal> {
+        let handle = detach.handle.0;
+        let link = match self.session(channel)? {
+            None => return Ok(()),
+            Some(session) => {
+                // a detach for a handle we do not know is ignored (it may answer our own)
+                let Some(link) = session.links.remove(&handle) else {
+                    return Ok(());
+                };
+                session.unsettled.retain(|_, (l, _)| *l != link.id);
+                session.pending.retain(|p| p.link() != link.id);
+                link
+            }
+        };
+        self.links.remove(&link.id);
+        if !matches!(link.kind, LinkKind::Closing) {
+            self.write(
+                channel,
+                &Performative::Detach(Detach {
+                    handle: handle.into(),
+                    closed: detach.closed,
+                    error: None,
+                }),
+            );
+        }
+        // dropping the endpoint here returns whatever the link still had locked
+        drop(link);
+        Ok(())
+    }
+
+    /// Detaches a link on the broker's initiative.
+    pub(super) fn detach_with_error(&mut self, id: LinkId, err: Error) {
+        let Some((channel, handle)) = self.links.remove(&id) else {
+            return;
+        };
+        if let Some(session) = self.sessions.get_mut(&channel) {
+            if let Some(link) = session.links.get_mut(&handle) {
+                link.kind = LinkKind::Closing;
+            }
+            session.unsettled.retain(|_, (l, _)| *l != id);
+            self.write(
+                channel,
+                &Performative::Detach(Detach {
+                    handle: handle.into(),
+                    closed: true,
+                    error: Some(err),
+                }),
+            );
+        }
+    }
+}
