@@ -53,6 +53,9 @@ impl ProtocolId {
 }
 
 /// A decoded frame.
+// Frames are decoded and handled one at a time, never stored in bulk: boxing the large
+// variant would only add an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Frame {
     /// An AMQP frame; `body == None` is an empty (heartbeat) frame.
