@@ -6,6 +6,8 @@
 //! | CF | key | value |
 //! |---|---|---|
 //! | meta | `E` + entity name | entity id (u64) |
+//! | meta | `N` + entity id | last sequence number assigned (u64, `Max` op) |
+//! | meta | `W` + entity id | highest sequence number ever dispatched (u64, `Max` op) |
 //! | body | owner id (u64) + seq (u64) | [`BodyRecord`] |
 //! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
 
@@ -20,6 +22,21 @@ pub fn entity_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
     k.push(b'E');
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Key of an entity's last assigned sequence number in `meta`.
+pub fn last_seq_key(id: u64) -> Vec<u8> {
+    let mut k = vec![b'N'];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Key of an entity's dispatch high-water mark in `meta`: messages at or below it may have
+/// been locked when the broker stopped.
+pub fn dispatched_key(id: u64) -> Vec<u8> {
+    let mut k = vec![b'W'];
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
@@ -107,6 +124,8 @@ impl BodyRecord {
 /// A stored reference: the per-consumer state of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefRecord {
+    /// Payload bytes of the message (for accounting without reading the body).
+    pub size: u32,
     /// Earlier delivery attempts.
     pub delivery_count: u32,
     /// Why it was dead-lettered, if it was.
@@ -120,6 +139,7 @@ impl RefRecord {
     pub fn encode(&self) -> Bytes {
         let mut b = BytesMut::with_capacity(16);
         b.put_u8(VERSION);
+        b.put_u32(self.size);
         b.put_u32(self.delivery_count);
         for s in [&self.dead_letter_reason, &self.dead_letter_description] {
             match s {
@@ -137,11 +157,12 @@ impl RefRecord {
     /// Decodes a record.
     pub fn decode(v: &[u8]) -> Result<Self, StoreError> {
         let bad = || StoreError::Corrupt("ref record".into());
-        if v.len() < 5 || v[0] != VERSION {
+        if v.len() < 9 || v[0] != VERSION {
             return Err(bad());
         }
-        let delivery_count = u32::from_be_bytes(v[1..5].try_into().expect("4 bytes"));
-        let mut pos = 5;
+        let size = u32::from_be_bytes(v[1..5].try_into().expect("4 bytes"));
+        let delivery_count = u32::from_be_bytes(v[5..9].try_into().expect("4 bytes"));
+        let mut pos = 9;
         let mut strings = [None, None];
         for s in &mut strings {
             match v.get(pos).ok_or_else(bad)? {
@@ -158,6 +179,7 @@ impl RefRecord {
         }
         let [dead_letter_reason, dead_letter_description] = strings;
         Ok(RefRecord {
+            size,
             delivery_count,
             dead_letter_reason,
             dead_letter_description,
@@ -209,6 +231,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_reject_garbage() {
         let r = RefRecord {
+            size: 1024,
             delivery_count: 7,
             dead_letter_reason: Some("MaxDeliveryCountExceeded".into()),
             dead_letter_description: None,
@@ -220,7 +243,7 @@ mod tests {
         };
         assert_eq!(BodyRecord::decode(&b.encode()).unwrap(), b);
         assert!(RefRecord::decode(&[1, 0, 0]).is_err());
-        assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 1, 0, 0, 0, 9]).is_err());
+        assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 9]).is_err());
         assert!(BodyRecord::decode(&Bytes::from_static(&[9; 12])).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub mod keys;
 pub mod queue;
 pub mod registry;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, Outcome, Queue, QueueConfig, QueueStats,

@@ -5,6 +5,8 @@
 //! which keeps each message's original sequence number. A consumer registers with a lane and a
 //! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
 
+mod lane;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::keys::{self, BodyRecord, RefRecord};
-use crate::storage::{Batch, Cf, Storage};
+use crate::storage::{decode_max, Batch, Cf, Storage};
 use crate::{now_ms, Completion, LockToken, Message, StoreError};
+use lane::{Consumer, LaneState};
 
 const LANE_ACTIVE: u8 = b'A';
 const LANE_DEFERRED: u8 = b'D';
@@ -130,7 +133,7 @@ pub struct QueueStats {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+pub(crate) struct Entry {
     msg: Arc<Message>,
     delivery_count: u32,
     dead_letter_reason: Option<String>,
@@ -140,26 +143,12 @@ struct Entry {
 impl Entry {
     fn ref_record(&self) -> RefRecord {
         RefRecord {
+            size: self.msg.payload.len() as u32,
             delivery_count: self.delivery_count,
             dead_letter_reason: self.dead_letter_reason.clone(),
             dead_letter_description: self.dead_letter_description.clone(),
         }
     }
-}
-
-struct Consumer {
-    id: u64,
-    mode: ReceiveMode,
-    credit: u32,
-    delivery_count: u32,
-    sink: Arc<dyn ConsumerSink>,
-}
-
-#[derive(Default)]
-struct LaneState {
-    available: BTreeMap<u64, Entry>,
-    consumers: Vec<Consumer>,
-    next: usize,
 }
 
 struct Locked {
@@ -176,6 +165,8 @@ struct State {
     locks: HashMap<LockToken, Locked>,
     bytes: u64,
     next_consumer: u64,
+    /// Highest sequence number handed to a consumer (persisted as a high-water mark).
+    dispatched: u64,
 }
 
 /// A queue and its dead-letter sub-queue.
@@ -204,38 +195,42 @@ impl Queue {
             locks: HashMap::new(),
             bytes: 0,
             next_consumer: 1,
+            dispatched: 0,
         };
+        let meta = storage.get_many(
+            Cf::Meta,
+            &[keys::last_seq_key(id), keys::dispatched_key(id)],
+        )?;
+        let mark = |v: &Option<Bytes>| v.as_deref().and_then(decode_max).unwrap_or(0);
+        let last_seq = mark(&meta[0]);
+        st.dispatched = mark(&meta[1]);
+        st.next_seq = last_seq + 1;
+        // Only references are read: bodies stay on disk until a consumer needs them.
         let (lo, hi) = keys::id_range(id);
-        let mut bodies = HashMap::new();
-        for (k, v) in storage.scan(Cf::Body, &lo, &hi)? {
-            let (_, seq) = keys::parse_body_key(&k)?;
-            let rec = BodyRecord::decode(&v)?;
-            st.next_seq = st.next_seq.max(seq + 1);
-            bodies.insert(seq, rec);
-        }
+        let mut recount = Batch::default();
+        let mut deferred = Vec::new();
         for (k, v) in storage.scan(Cf::Ref, &lo, &hi)? {
             let (_, lane, seq) = keys::parse_ref_key(&k)?;
-            let r = RefRecord::decode(&v)?;
-            let body = bodies.remove(&seq).ok_or_else(|| {
-                StoreError::Corrupt(format!("reference to missing message {seq}"))
-            })?;
-            st.bytes += body.payload.len() as u64;
-            let entry = Entry {
-                msg: Arc::new(Message {
-                    seq,
-                    enqueued_ms: body.enqueued_ms,
-                    payload: body.payload,
-                }),
-                delivery_count: r.delivery_count,
-                dead_letter_reason: r.dead_letter_reason,
-                dead_letter_description: r.dead_letter_description,
-            };
+            let mut r = RefRecord::decode(&v)?;
+            st.bytes += r.size as u64;
+            st.next_seq = st.next_seq.max(seq + 1);
+            if lane != LANE_DEFERRED && seq <= st.dispatched {
+                // it may have been locked when the broker stopped: count that delivery
+                r.delivery_count += 1;
+                recount.put(Cf::Ref, k.clone(), r.encode());
+            }
             match lane {
-                LANE_ACTIVE => st.main.available.insert(seq, entry),
-                LANE_DEFERRED => st.deferred.insert(seq, entry),
-                LANE_DEAD => st.dead.available.insert(seq, entry),
+                LANE_ACTIVE => st.main.push_spilled(seq),
+                LANE_DEAD => st.dead.push_spilled(seq),
+                LANE_DEFERRED => deferred.push(seq),
                 other => return Err(StoreError::Corrupt(format!("unknown lane {other}"))),
-            };
+            }
+        }
+        if !recount.is_empty() {
+            write_and_wait(storage.as_ref(), recount)?;
+        }
+        for e in load_entries(storage.as_ref(), id, LANE_DEFERRED, &deferred)? {
+            st.deferred.insert(e.msg.seq, e);
         }
         Ok(Arc::new(Queue {
             name: name.to_string(),
@@ -289,10 +284,14 @@ impl Queue {
                         payload,
                     };
                     batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
+                    let r = RefRecord {
+                        size: body.payload.len() as u32,
+                        ..Default::default()
+                    };
                     batch.put(
                         Cf::Ref,
                         keys::ref_key(self.id, LANE_ACTIVE, seq),
-                        RefRecord::default().encode(),
+                        r.encode(),
                     );
                     Entry {
                         msg: Arc::new(Message {
@@ -307,13 +306,18 @@ impl Queue {
                 })
                 .collect()
         };
+        batch.max(
+            Cf::Meta,
+            keys::last_seq_key(self.id),
+            entries.last().map_or(0, |e| e.msg.seq),
+        );
         let me = self.clone();
         self.storage.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
                     let seqs = entries.iter().map(|e| e.msg.seq).collect();
-                    me.make_available(Lane::Main, entries);
+                    me.make_available(Lane::Main, entries, true);
                     done(Ok(seqs));
                 }
                 Err(e) => {
@@ -324,14 +328,14 @@ impl Queue {
         );
     }
 
-    fn make_available(&self, lane: Lane, entries: Vec<Entry>) {
+    fn make_available(&self, lane: Lane, entries: Vec<Entry>, fresh: bool) {
         let mut pending = Batch::default();
         {
             let mut st = self.lock();
             let st = &mut *st;
             let ls = lane_mut(&mut st.main, &mut st.dead, lane);
             for e in entries {
-                ls.available.insert(e.msg.seq, e);
+                ls.push(e, fresh);
             }
             self.dispatch(st, lane, &mut pending);
         }
@@ -371,22 +375,28 @@ impl Queue {
             dead,
             locks,
             bytes,
+            dispatched,
             ..
         } = st;
         let ls = lane_mut(main, dead, lane);
-        while !ls.available.is_empty() && !ls.consumers.is_empty() {
-            let n = ls.consumers.len();
-            let Some(i) = (0..n)
-                .map(|k| (ls.next + k) % n)
-                .find(|&i| ls.consumers[i].credit > 0)
-            else {
-                break;
+        let load =
+            |seqs: &[u64]| load_entries(self.storage.as_ref(), self.id, lane.key_byte(), seqs);
+        let mark = *dispatched;
+        while ls.dispatchable() {
+            let entry = match ls.pop(&load) {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(queue = %self.name, error = %e, "reading messages back from storage failed");
+                    break;
+                }
             };
-            ls.next = (i + 1) % n;
-            let (seq, entry) = ls.available.pop_first().expect("not empty");
+            let seq = entry.msg.seq;
+            let i = ls.next_consumer().expect("dispatchable");
             let c = &mut ls.consumers[i];
             c.credit -= 1;
             c.delivery_count = c.delivery_count.wrapping_add(1);
+            *dispatched = (*dispatched).max(seq);
             let mut d = Delivery {
                 message: entry.msg.clone(),
                 lock: None,
@@ -414,6 +424,9 @@ impl Queue {
                 }
             }
             c.sink.deliver(d);
+        }
+        if *dispatched > mark {
+            pending.max(Cf::Meta, keys::dispatched_key(self.id), *dispatched);
         }
     }
 
@@ -488,7 +501,7 @@ impl Queue {
                 None
             }
             Outcome::Release => {
-                self.make_available(lane, vec![entry]);
+                self.make_available(lane, vec![entry], false);
                 return done(Ok(()));
             }
             Outcome::Abandon => {
@@ -521,7 +534,7 @@ impl Queue {
             Box::new(move |r| match r {
                 Ok(()) => {
                     if let Some((lane, entry)) = back {
-                        me.make_available(lane, vec![entry]);
+                        me.make_available(lane, vec![entry], false);
                     }
                     done(Ok(()))
                 }
@@ -533,7 +546,7 @@ impl Queue {
                         st.deferred.remove(&entry.msg.seq);
                         st.bytes += restore_bytes;
                     }
-                    me.make_available(lane, vec![entry]);
+                    me.make_available(lane, vec![entry], false);
                     done(Err(e))
                 }
             }),
@@ -577,10 +590,10 @@ impl Queue {
             .filter(|l| l.lane == Lane::DeadLetter)
             .count();
         QueueStats {
-            active: st.main.available.len() as u64,
+            active: st.main.len() as u64,
             locked: st.locks.len() as u64,
             deferred: st.deferred.len() as u64,
-            dead_lettered: (st.dead.available.len() + locked_dead) as u64,
+            dead_lettered: (st.dead.len() + locked_dead) as u64,
             bytes: st.bytes,
             consumers: (st.main.consumers.len() + st.dead.consumers.len()) as u64,
         }
@@ -628,7 +641,7 @@ impl Queue {
                         .map(|(_, e)| e.clone())
                         .collect();
                     if !entries.is_empty() {
-                        me.make_available(lane, entries);
+                        me.make_available(lane, entries, false);
                     }
                 }
             }),
@@ -683,6 +696,61 @@ impl Drop for ConsumerHandle {
             self.queue.remove_consumer(self.id, self.lane);
         }
     }
+}
+
+/// Reads the messages `seqs` of lane `lane` (reference and body) back from storage.
+fn load_entries(
+    storage: &dyn Storage,
+    id: u64,
+    lane: u8,
+    seqs: &[u64],
+) -> Result<Vec<Entry>, StoreError> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs = storage.get_many(
+        Cf::Ref,
+        &seqs
+            .iter()
+            .map(|s| keys::ref_key(id, lane, *s))
+            .collect::<Vec<_>>(),
+    )?;
+    let bodies = storage.get_many(
+        Cf::Body,
+        &seqs
+            .iter()
+            .map(|s| keys::body_key(id, *s))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for ((seq, r), b) in seqs.iter().zip(refs).zip(bodies) {
+        let (Some(r), Some(b)) = (r, b) else {
+            return Err(StoreError::Corrupt(format!(
+                "message {seq} of entity {id} is missing"
+            )));
+        };
+        let r = RefRecord::decode(&r)?;
+        let b = BodyRecord::decode(&b)?;
+        out.push(Entry {
+            msg: Arc::new(Message {
+                seq: *seq,
+                enqueued_ms: b.enqueued_ms,
+                payload: b.payload,
+            }),
+            delivery_count: r.delivery_count,
+            dead_letter_reason: r.dead_letter_reason,
+            dead_letter_description: r.dead_letter_description,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a batch and waits for it (start-up only).
+pub(crate) fn write_and_wait(storage: &dyn Storage, batch: Batch) -> Result<(), StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    storage.write(batch, Box::new(move |r| drop(tx.send(r))));
+    rx.recv()
+        .map_err(|_| StoreError::Storage("storage went away".into()))?
 }
 
 /// Lock tokens: unique in the process and unpredictable across restarts (a random prefix

@@ -21,11 +21,24 @@ pub enum Cf {
     Body,
     /// Message references: consumer id + lane + sequence number.
     Ref,
+    /// Time index (scheduled messages, TTL): due ms + consumer id + sequence number.
+    Sched,
+    /// Duplicate detection: entity id + message-id.
+    Dedup,
+    /// Message-session state: consumer id + session id.
+    Session,
 }
 
 impl Cf {
     /// Every column family.
-    pub const ALL: [Cf; 3] = [Cf::Meta, Cf::Body, Cf::Ref];
+    pub const ALL: [Cf; 6] = [
+        Cf::Meta,
+        Cf::Body,
+        Cf::Ref,
+        Cf::Sched,
+        Cf::Dedup,
+        Cf::Session,
+    ];
 
     /// The column family's name on disk.
     pub fn name(self) -> &'static str {
@@ -33,6 +46,9 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Body => "body",
             Cf::Ref => "ref",
+            Cf::Sched => "sched",
+            Cf::Dedup => "dedup",
+            Cf::Session => "session",
         }
     }
 }
@@ -44,6 +60,9 @@ pub enum Op {
     Put(Cf, Vec<u8>, Bytes),
     /// Remove one key.
     Delete(Cf, Vec<u8>),
+    /// Store the larger of the stored and the given big-endian `u64` (a high-water mark that
+    /// never goes back, whatever order requests merged into one batch come in).
+    Max(Cf, Vec<u8>, u64),
 }
 
 /// An atomic group of writes.
@@ -57,6 +76,10 @@ impl Batch {
     /// Adds a put.
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: impl Into<Bytes>) {
         self.ops.push(Op::Put(cf, key, value.into()));
+    }
+    /// Adds a high-water mark update.
+    pub fn max(&mut self, cf: Cf, key: Vec<u8>, value: u64) {
+        self.ops.push(Op::Max(cf, key, value));
     }
     /// Adds a delete.
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
@@ -76,6 +99,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every key/value in `cf` with `start <= key < end`, in key order.
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
+
+    /// The values of `keys` in `cf` (point reads), in the same order.
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, StoreError>;
+}
+
+/// Decodes a value written by [`Op::Max`].
+pub fn decode_max(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
 /// Storage that keeps everything in memory: for tests and development. Nothing survives the
@@ -104,6 +135,13 @@ impl Storage for MemoryStorage {
                     Op::Delete(cf, k) => {
                         map.remove(&(cf, k));
                     }
+                    Op::Max(cf, k, v) => {
+                        let old = map
+                            .get(&(cf, k.clone()))
+                            .and_then(|b| decode_max(b))
+                            .unwrap_or(0);
+                        map.insert((cf, k), Bytes::copy_from_slice(&old.max(v).to_be_bytes()));
+                    }
                 }
             }
         }
@@ -115,6 +153,14 @@ impl Storage for MemoryStorage {
         Ok(map
             .range((cf, start.to_vec())..(cf, end.to_vec()))
             .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let map = self.cfs.lock().expect("memory storage poisoned");
+        Ok(keys
+            .iter()
+            .map(|k| map.get(&(cf, k.clone())).cloned())
             .collect())
     }
 }

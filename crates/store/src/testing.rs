@@ -1,0 +1,400 @@
+//! The store test suite. [`store_suite!`](crate::store_suite) instantiates it for a storage
+//! implementation, so the in-memory and the RocksDB storage are held to the same behaviour.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::queue::{ConsumerHandle, ConsumerSink, Delivery, Outcome, Queue};
+use crate::StoreError;
+
+#[derive(Default)]
+pub struct Recorder {
+    pub deliveries: Mutex<Vec<Delivery>>,
+    pub drained: Mutex<Vec<u32>>,
+}
+
+impl ConsumerSink for Recorder {
+    // the suite's sink: it records what the queue hands over
+    fn deliver(&self, d: Delivery) {
+        self.deliveries.lock().unwrap().push(d);
+    }
+    fn drained(&self, count: u32) {
+        self.drained.lock().unwrap().push(count);
+    }
+}
+
+impl Recorder {
+    pub fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.deliveries.lock().unwrap())
+    }
+}
+
+pub fn sync_enqueue(q: &Arc<Queue>, bodies: &[&[u8]]) -> Vec<u64> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    q.enqueue(
+        bodies.iter().map(|b| Bytes::copy_from_slice(b)).collect(),
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    rx.recv().unwrap().unwrap()
+}
+
+pub fn sync_settle(c: &ConsumerHandle, d: &Delivery, o: Outcome) -> Result<(), StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.settle(d.lock.unwrap(), o, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+/// Instantiates the store test suite; `$storage` is an expression that makes a fresh
+/// `Arc<dyn Storage>` (called once per test).
+#[macro_export]
+macro_rules! store_suite {
+    ($storage:expr) => {
+        use std::sync::Arc;
+        use $crate::queue::*;
+        use $crate::storage::Storage;
+        use $crate::testing::{sync_enqueue, sync_settle, Recorder};
+        use $crate::StoreError;
+
+        fn open(storage: &Arc<dyn Storage>, cfg: QueueConfig) -> Arc<Queue> {
+            Queue::open("q", 1, cfg, storage.clone()).unwrap()
+        }
+
+        fn fresh() -> (Arc<dyn Storage>, Arc<Queue>) {
+            let s: Arc<dyn Storage> = $storage;
+            let q = open(&s, QueueConfig::default());
+            (s, q)
+        }
+
+        #[test]
+        fn fifo_with_sequence_numbers_from_one() {
+            let (_s, q) = fresh();
+            assert_eq!(sync_enqueue(&q, &[b"a", b"b"]), vec![1, 2]);
+            assert_eq!(sync_enqueue(&q, &[b"c"]), vec![3]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            let d = r.take();
+            let bodies: Vec<_> = d.iter().map(|d| &d.message.payload[..]).collect();
+            assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
+            assert!(d.iter().all(|d| d.lock.is_some() && d.delivery_count == 0));
+            assert_eq!(q.stats().locked, 3);
+        }
+
+        #[test]
+        fn credit_limits_dispatch_and_counts_from_the_receivers_view() {
+            let (_s, q) = fresh();
+            sync_enqueue(&q, &[b"1", b"2", b"3", b"4", b"5"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 2, false);
+            assert_eq!(r.take().len(), 2);
+            // the receiver has seen 1 of the 2 and grants 2 more from there: 1 new delivery
+            c.flow(1, 2, false);
+            assert_eq!(r.take().len(), 1);
+            c.flow(3, 5, false);
+            assert_eq!(r.take().len(), 2);
+        }
+
+        #[test]
+        fn competing_consumers_share_round_robin() {
+            let (_s, q) = fresh();
+            let a = Arc::new(Recorder::default());
+            let b = Arc::new(Recorder::default());
+            let ca = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, a.clone());
+            let cb = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, b.clone());
+            ca.flow(0, 100, false);
+            cb.flow(0, 100, false);
+            sync_enqueue(&q, &[b"1", b"2", b"3", b"4"]);
+            let (da, db) = (a.take(), b.take());
+            assert_eq!((da.len(), db.len()), (2, 2));
+            let mut seqs: Vec<u64> = da.iter().chain(&db).map(|d| d.message.seq).collect();
+            seqs.sort();
+            assert_eq!(seqs, vec![1, 2, 3, 4]);
+        }
+
+        #[test]
+        fn outcomes() {
+            let (_s, q) = fresh();
+            sync_enqueue(&q, &[b"done", b"rel", b"ab", b"def", b"dl"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 5, false);
+            let d = r.take();
+            sync_settle(&c, &d[0], Outcome::Complete).unwrap();
+            sync_settle(&c, &d[1], Outcome::Release).unwrap();
+            sync_settle(&c, &d[2], Outcome::Abandon).unwrap();
+            sync_settle(&c, &d[3], Outcome::Defer).unwrap();
+            sync_settle(
+                &c,
+                &d[4],
+                Outcome::DeadLetter {
+                    reason: Some("bad".into()),
+                    description: None,
+                },
+            )
+            .unwrap();
+            // settling twice: the lock is gone
+            assert_eq!(
+                sync_settle(&c, &d[0], Outcome::Complete),
+                Err(StoreError::LockLost)
+            );
+            c.flow(5, 5, false);
+            let again = r.take();
+            let got: Vec<(u64, u32)> = again
+                .iter()
+                .map(|d| (d.message.seq, d.delivery_count))
+                .collect();
+            assert_eq!(got, vec![(2, 0), (3, 1)]);
+            let st = q.stats();
+            assert_eq!((st.deferred, st.dead_lettered), (1, 1));
+            let dl = Arc::new(Recorder::default());
+            let cd = q.add_consumer(Lane::DeadLetter, ReceiveMode::PeekLock, dl.clone());
+            cd.flow(0, 10, false);
+            let dd = dl.take();
+            assert_eq!(dd.len(), 1);
+            assert_eq!(dd[0].message.seq, 5);
+            assert_eq!(dd[0].dead_letter_reason.as_deref(), Some("bad"));
+            sync_settle(&cd, &dd[0], Outcome::Complete).unwrap();
+            assert_eq!(q.stats().dead_lettered, 0);
+        }
+
+        #[test]
+        fn max_delivery_count_dead_letters() {
+            let s: Arc<dyn Storage> = $storage;
+            let q = open(
+                &s,
+                QueueConfig {
+                    max_delivery_count: 2,
+                    ..Default::default()
+                },
+            );
+            sync_enqueue(&q, &[b"x"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            let d = r.take().remove(0);
+            sync_settle(&c, &d, Outcome::Abandon).unwrap();
+            let d = r.take().remove(0);
+            assert_eq!(d.delivery_count, 1);
+            sync_settle(&c, &d, Outcome::Abandon).unwrap();
+            assert!(r.take().is_empty());
+            let dl = Arc::new(Recorder::default());
+            let cd = q.add_consumer(Lane::DeadLetter, ReceiveMode::PeekLock, dl.clone());
+            cd.flow(0, 1, false);
+            let d = dl.take().remove(0);
+            assert_eq!(
+                d.dead_letter_reason.as_deref(),
+                Some(MAX_DELIVERY_COUNT_EXCEEDED)
+            );
+            assert_eq!(d.delivery_count, 2);
+        }
+
+        #[test]
+        fn receive_and_delete_removes_on_delivery() {
+            let (s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::ReceiveAndDelete, r.clone());
+            c.flow(0, 10, false);
+            let d = r.take();
+            assert_eq!(d.len(), 2);
+            assert!(d.iter().all(|d| d.lock.is_none()));
+            assert_eq!(
+                q.stats(),
+                QueueStats {
+                    consumers: 1,
+                    ..Default::default()
+                }
+            );
+            drop(c);
+            let q2 = open(&s, QueueConfig::default());
+            assert_eq!(q2.stats().active, 0);
+        }
+
+        #[test]
+        fn drain_delivers_what_is_there_then_uses_up_the_credit() {
+            let (_s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 5, true);
+            assert_eq!(r.take().len(), 2);
+            assert_eq!(*r.drained.lock().unwrap(), vec![5]);
+            // no credit left: a new message waits
+            sync_enqueue(&q, &[b"c"]);
+            assert!(r.take().is_empty());
+            c.flow(5, 1, true);
+            assert_eq!(r.take().len(), 1);
+            assert_eq!(r.drained.lock().unwrap().last(), Some(&6));
+        }
+
+        #[test]
+        fn a_closed_consumer_returns_its_locked_messages_counted() {
+            let (_s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            assert_eq!(r.take().len(), 2);
+            c.close();
+            let r2 = Arc::new(Recorder::default());
+            let c2 = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
+            c2.flow(0, 10, false);
+            let d = r2.take();
+            let got: Vec<(u64, u32)> = d
+                .iter()
+                .map(|d| (d.message.seq, d.delivery_count))
+                .collect();
+            assert_eq!(got, vec![(1, 1), (2, 1)]);
+        }
+
+        #[test]
+        fn reopening_recovers_messages_lanes_counts_and_sequence() {
+            let (s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b", b"c", b"d"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 4, false);
+            let d = r.take();
+            sync_settle(&c, &d[0], Outcome::Complete).unwrap();
+            sync_settle(&c, &d[1], Outcome::Abandon).unwrap();
+            sync_settle(&c, &d[2], Outcome::Defer).unwrap();
+            sync_settle(
+                &c,
+                &d[3],
+                Outcome::DeadLetter {
+                    reason: Some("r".into()),
+                    description: Some("d".into()),
+                },
+            )
+            .unwrap();
+            std::mem::forget(c); // a crash: the consumer never says goodbye
+            let q2 = open(&s, QueueConfig::default());
+            let st = q2.stats();
+            assert_eq!((st.active, st.deferred, st.dead_lettered), (1, 1, 1));
+            assert_eq!(st.bytes, 3);
+            assert_eq!(sync_enqueue(&q2, &[b"e"]), vec![5]);
+            let r2 = Arc::new(Recorder::default());
+            let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
+            c2.flow(0, 10, false);
+            let got: Vec<(u64, u32)> = r2
+                .take()
+                .iter()
+                .map(|d| (d.message.seq, d.delivery_count))
+                .collect();
+            // 2 was abandoned once and counts once more: every message that was handed out may
+            // have been locked when the broker stopped (locks are not persisted)
+            assert_eq!(got, vec![(2, 2), (5, 0)]);
+        }
+
+        #[test]
+        fn a_full_queue_refuses_and_keeps_what_it_has() {
+            let s: Arc<dyn Storage> = $storage;
+            let q = open(
+                &s,
+                QueueConfig {
+                    max_size_bytes: 10,
+                    ..Default::default()
+                },
+            );
+            sync_enqueue(&q, &[b"12345678"]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            q.enqueue(
+                vec![bytes::Bytes::from_static(b"abc")],
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            assert!(matches!(rx.recv().unwrap(), Err(StoreError::Full(_))));
+            assert_eq!(q.stats().active, 1);
+        }
+
+        #[test]
+        fn a_backlog_larger_than_the_window_comes_back_in_order_after_reopen() {
+            let (s, q) = fresh();
+            let n = 3000u64;
+            let bodies: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
+            for chunk in bodies.chunks(100) {
+                let refs: Vec<&[u8]> = chunk.iter().map(|b| &b[..]).collect();
+                sync_enqueue(&q, &refs);
+            }
+            assert_eq!(q.stats().active, n);
+            assert_eq!(q.stats().bytes, n * 8);
+            drop(q);
+            let q = open(&s, QueueConfig::default());
+            assert_eq!(q.stats().active, n);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            let mut got = Vec::new();
+            let mut count = 0u32;
+            while got.len() < n as usize {
+                c.flow(count, 250, false);
+                let batch = r.take();
+                assert!(!batch.is_empty(), "stalled after {}", got.len());
+                count = count.wrapping_add(batch.len() as u32);
+                for d in batch {
+                    assert_eq!(
+                        &d.message.payload[..],
+                        &(d.message.seq - 1).to_be_bytes()[..]
+                    );
+                    got.push(d.message.seq);
+                    sync_settle(&c, &d, Outcome::Complete).unwrap();
+                }
+            }
+            assert_eq!(got, (1..=n).collect::<Vec<_>>());
+            assert_eq!(
+                q.stats(),
+                QueueStats {
+                    consumers: 1,
+                    ..Default::default()
+                }
+            );
+        }
+
+        #[test]
+        fn sequence_numbers_keep_growing_after_everything_is_completed() {
+            let (s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::ReceiveAndDelete, r.clone());
+            c.flow(0, 10, false);
+            assert_eq!(r.take().len(), 2);
+            drop(c);
+            drop(q);
+            let q = open(&s, QueueConfig::default());
+            assert_eq!(sync_enqueue(&q, &[b"c"]), vec![3]);
+        }
+
+        #[test]
+        fn messages_locked_when_the_broker_stopped_come_back_counted() {
+            let (s, q) = fresh();
+            sync_enqueue(&q, &[b"locked", b"waiting"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 1, false);
+            assert_eq!(r.take().len(), 1);
+            std::mem::forget(c); // the broker dies with the lock held
+            let q2 = open(&s, QueueConfig::default());
+            let r2 = Arc::new(Recorder::default());
+            let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
+            c2.flow(0, 10, false);
+            let got: Vec<(u64, u32)> = r2
+                .take()
+                .iter()
+                .map(|d| (d.message.seq, d.delivery_count))
+                .collect();
+            assert_eq!(got, vec![(1, 1), (2, 0)]);
+            // counted once, not again at the next start
+            drop(c2);
+            let q3 = open(&s, QueueConfig::default());
+            let r3 = Arc::new(Recorder::default());
+            let c3 = q3.add_consumer(Lane::Main, ReceiveMode::PeekLock, r3.clone());
+            c3.flow(0, 10, false);
+            let got: Vec<(u64, u32)> = r3
+                .take()
+                .iter()
+                .map(|d| (d.message.seq, d.delivery_count))
+                .collect();
+            assert_eq!(got, vec![(1, 3), (2, 2)]);
+        }
+    };
+}
