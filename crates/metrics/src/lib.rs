@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -57,6 +58,10 @@ pub struct Metrics {
     pub settled: IntCounterVec,
     /// Failed SASL logins.
     pub auth_failures: IntCounter,
+    /// Duration of one synced group commit.
+    pub commit_seconds: Histogram,
+    /// Write requests (producer batches, settlements) per group commit.
+    pub commit_requests: Histogram,
     entity_messages: IntGaugeVec,
     entity_bytes: IntGaugeVec,
 }
@@ -128,8 +133,28 @@ impl Metrics {
         registry
             .register(Box::new(entity_bytes.clone()))
             .expect("unique metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let commit_seconds = histogram(
+            "ferrobus_store_commit_duration_seconds",
+            "Duration of one synced group commit.",
+            prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets"),
+        );
+        let commit_requests = histogram(
+            "ferrobus_store_commit_requests",
+            "Write requests per synced group commit.",
+            prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
+        );
         Arc::new(Metrics {
             registry,
+            commit_seconds,
+            commit_requests,
             connections_total,
             connections,
             links,

@@ -119,14 +119,14 @@ impl fmt::Debug for KeyRule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `memory` (nothing survives a restart).
+    /// `rocksdb` (durable, in `server.data_dir`) or `memory` (nothing survives a restart).
     pub kind: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            kind: "memory".into(),
+            kind: "rocksdb".into(),
         }
     }
 }
@@ -199,9 +199,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.storage.kind != "memory" {
+        if !matches!(self.storage.kind.as_str(), "rocksdb" | "memory") {
             anyhow::bail!(
-                "configuration: storage.kind = {:?} is not supported (supported: \"memory\")",
+                "configuration: storage.kind = {:?} is not supported (use \"rocksdb\" or \"memory\")",
                 self.storage.kind
             );
         }

@@ -72,7 +72,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.server.data_dir))?;
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let metrics = ferrobus_metrics::Metrics::new();
+    let storage = open_storage(&cfg, &metrics)?;
     let queues: Vec<(String, QueueConfig)> = cfg
         .queues
         .iter()
@@ -85,7 +86,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         })
         .collect();
     let entities = Entities::open(storage, &queues).context("opening the entities")?;
-    let metrics = ferrobus_metrics::Metrics::new();
     let broker = Arc::new(broker::Broker {
         entities,
         keys: cfg.auth.keys,
@@ -109,6 +109,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let http = bind(&cfg.server.http_listen)
         .await
         .context("binding the HTTP listener")?;
+    // signal handlers exist before READY, so a SIGTERM right after it is a clean shutdown
+    let signals = Signals::install()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(ferrobus_metrics::serve_http(
@@ -117,7 +119,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         broker.clone(),
         shutdown.clone(),
     ));
-    info!(amqp = %amqp.1, http = %http.1, queues = queues.len(), "ferrobus is ready");
+    info!(amqp = %amqp.1, http = %http.1, queues = queues.len(), storage = %cfg.storage.kind, "ferrobus is ready");
     println!("READY amqp={} http={}", amqp.1, http.1);
 
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections.max(1)));
@@ -153,7 +155,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     tracker.spawn(accept);
-    wait_for_signal().await;
+    signals.wait().await;
     info!("shutting down");
     shutdown.cancel();
     tracker.close();
@@ -168,6 +170,49 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the configured storage: RocksDB in `<data_dir>/db`, or memory.
+fn open_storage(
+    cfg: &Config,
+    metrics: &Arc<ferrobus_metrics::Metrics>,
+) -> anyhow::Result<Arc<dyn Storage>> {
+    if cfg.storage.kind == "memory" {
+        return Ok(Arc::new(MemoryStorage::new()));
+    }
+    let fail_writes_after_bytes = match std::env::var("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES") {
+        Ok(v) => {
+            let n = v
+                .parse()
+                .context("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES must be a number of bytes")?;
+            warn!(
+                bytes = n,
+                "test fault injection: writes fail after this many bytes"
+            );
+            Some(n)
+        }
+        Err(_) => None,
+    };
+    let dir = std::path::Path::new(&cfg.server.data_dir).join("db");
+    let opts = ferrobus_store_rocksdb::RocksOptions {
+        observer: Some(Arc::new(CommitMetrics(metrics.clone()))),
+        fail_writes_after_bytes,
+    };
+    let started = std::time::Instant::now();
+    let s = ferrobus_store_rocksdb::RocksStorage::open(&dir, opts)
+        .context("opening the RocksDB store")?;
+    info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "storage opened");
+    Ok(Arc::new(s))
+}
+
+/// Group-commit metrics.
+struct CommitMetrics(Arc<ferrobus_metrics::Metrics>);
+
+impl ferrobus_store_rocksdb::CommitObserver for CommitMetrics {
+    fn committed(&self, requests: usize, _ops: usize, _bytes: usize, elapsed: Duration) {
+        self.0.commit_seconds.observe(elapsed.as_secs_f64());
+        self.0.commit_requests.observe(requests as f64);
+    }
 }
 
 async fn bind(addr: &str) -> anyhow::Result<(TcpListener, std::net::SocketAddr)> {
@@ -188,12 +233,26 @@ async fn bind(addr: &str) -> anyhow::Result<(TcpListener, std::net::SocketAddr)>
     Ok((l, local))
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -66,7 +66,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             _ => return Err(self.refuse_header(preferred).await),
         }
+        // our header goes out now: some clients wait for it before they send Open
         self.wbuf.extend_from_slice(&ProtocolId::Amqp.header());
+        self.flush().await?;
         self.open().await
     }
 

@@ -119,12 +119,24 @@ pub async fn serve<S>(
         dispositions: Vec::new(),
     };
     router.connection_opened();
-    let handshake = tokio::time::timeout(conn.cfg.handshake_timeout, conn.handshake());
+    // a peer that stalls before Open is dropped after the handshake timeout, or sooner if our
+    // idle threshold is shorter
+    let limit = conn
+        .cfg
+        .idle_timeout
+        .map_or(conn.cfg.handshake_timeout, |t| {
+            t.min(conn.cfg.handshake_timeout)
+        });
+    let handshake = tokio::time::timeout(limit, conn.handshake());
     let result = match handshake.await {
-        Err(_) => Err(close_with(
-            AmqpError::ResourceLimitExceeded,
-            "handshake timed out",
-        )),
+        Err(_) => {
+            debug!(
+                ms = limit.as_millis() as u64,
+                "handshake did not finish in time; dropping the socket"
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+            Err(Fatal::Eof)
+        }
         Ok(Ok(())) => conn.run(&shutdown).await,
         Ok(Err(e)) => Err(e),
     };

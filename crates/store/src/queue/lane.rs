@@ -12,6 +12,9 @@ pub(super) const WINDOW_MESSAGES: usize = 512;
 /// Payload bytes a lane keeps in memory ahead of its consumers.
 pub(super) const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
+/// Reads the given spilled messages back from storage.
+pub(super) type Loader<'a> = &'a dyn Fn(&[u64]) -> Result<Vec<Entry>, StoreError>;
+
 pub(super) struct Consumer {
     pub id: u64,
     pub mode: ReceiveMode,
@@ -64,10 +67,7 @@ impl LaneState {
 
     /// Takes the first available message, loading more from disk with `load` when the window
     /// runs low. On a load error the spilled messages stay where they are.
-    pub fn pop(
-        &mut self,
-        load: &dyn Fn(&[u64]) -> Result<Vec<Entry>, StoreError>,
-    ) -> Result<Option<Entry>, StoreError> {
+    pub fn pop(&mut self, load: Loader<'_>) -> Result<Option<Entry>, StoreError> {
         if self.window.len() < WINDOW_MESSAGES / 4 && !self.spilled.is_empty() {
             let n = (WINDOW_MESSAGES - self.window.len()).min(self.spilled.len());
             let seqs: Vec<u64> = self.spilled.iter().take(n).copied().collect();

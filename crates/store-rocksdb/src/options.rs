@@ -1,0 +1,71 @@
+//! RocksDB options and column families, per the store design notes.
+
+use ferrobus_store::storage::Cf;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode,
+    MergeOperands, Options,
+};
+
+/// Block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Memtable size per column family (bodies use it; the others stay small).
+const WRITE_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+/// Bodies at least this large go to blob files and are not rewritten by compaction.
+const MIN_BLOB_BYTES: u64 = 8 * 1024;
+
+pub(crate) fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    // rarely written families (meta) must not pin old WAL files forever
+    o.set_max_total_wal_size(256 * 1024 * 1024);
+    o.set_enable_pipelined_write(true);
+    o.set_max_background_jobs(2);
+    o
+}
+
+pub(crate) fn column_families() -> Vec<ColumnFamilyDescriptor> {
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    Cf::ALL
+        .iter()
+        .map(|cf| {
+            let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&t);
+            o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+            o.set_max_write_buffer_number(2);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            match cf {
+                Cf::Body => {
+                    o.set_enable_blob_files(true);
+                    o.set_min_blob_size(MIN_BLOB_BYTES);
+                    o.set_enable_blob_gc(true);
+                    o.set_blob_compression_type(DBCompressionType::Lz4);
+                }
+                Cf::Ref | Cf::Sched => {
+                    // queues delete from their head: compact files full of tombstones early
+                    o.add_compact_on_deletion_collector_factory(128, 64, 0.5);
+                }
+                Cf::Meta => {
+                    o.set_merge_operator_associative("ferrobus_max_u64", max_u64);
+                }
+                Cf::Dedup | Cf::Session => {}
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        })
+        .collect()
+}
+
+/// Merge operator behind `Op::Max`: the largest big-endian u64 seen.
+fn max_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let decode = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_be_bytes).unwrap_or(0);
+    let mut max = existing.map(decode).unwrap_or(0);
+    for op in operands {
+        max = max.max(decode(op));
+    }
+    Some(max.to_be_bytes().to_vec())
+}
