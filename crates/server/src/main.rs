@@ -62,18 +62,32 @@ fn main() -> anyhow::Result<()> {
         http_listen: cli.http_listen,
     };
     let cfg = Config::load(cli.config.as_deref(), &overrides)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let closed = StorageClosed::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(run(cfg))
+        .context("starting the runtime")?;
+    let result = rt.block_on(run(cfg, closed.clone()));
+    // dropping the runtime drops every task and with them the last references to the store;
+    // RocksDB must be closed before the process exits
+    drop(rt);
+    if let Some(c) = closed.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if !c.wait(Duration::from_secs(30)) {
+            warn!("the store did not close within 30 s");
+        }
+    }
+    result
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Where `run` leaves the handle that says the RocksDB store is closed.
+#[derive(Clone, Default)]
+struct StorageClosed(Arc<std::sync::Mutex<Option<ferrobus_store_rocksdb::Closed>>>);
+
+async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.server.data_dir))?;
     let metrics = ferrobus_metrics::Metrics::new();
-    let storage = open_storage(&cfg, &metrics)?;
+    let storage = open_storage(&cfg, &metrics, &closed)?;
     let queues: Vec<(String, QueueConfig)> = cfg
         .queues
         .iter()
@@ -176,6 +190,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 fn open_storage(
     cfg: &Config,
     metrics: &Arc<ferrobus_metrics::Metrics>,
+    closed: &StorageClosed,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     if cfg.storage.kind == "memory" {
         return Ok(Arc::new(MemoryStorage::new()));
@@ -202,6 +217,7 @@ fn open_storage(
     let s = ferrobus_store_rocksdb::RocksStorage::open(&dir, opts)
         .context("opening the RocksDB store")?;
     info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "storage opened");
+    *closed.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.closed());
     Ok(Arc::new(s))
 }
 

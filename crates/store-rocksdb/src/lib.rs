@@ -11,23 +11,22 @@
 //! - Completions run on the writer thread, with no lock of ours held, in request order.
 //! - The write-ahead log is always on; recovery is point-in-time.
 
+mod db;
 mod options;
 mod writer;
 
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use ferrobus_store::storage::{Batch, Cf, Storage};
+use ferrobus_store::storage::{Batch, Cf, Storage, Visitor};
 use ferrobus_store::{Completion, StoreError};
-use rocksdb::{IteratorMode, ReadOptions, DB};
+use rocksdb::{ReadOptions, DB};
 
+pub use db::Closed;
 pub use writer::CommitObserver;
-
-/// Requests that may wait for the writer before producers block.
-const QUEUE_DEPTH: usize = 16 * 1024;
 
 /// How the storage is opened.
 #[derive(Clone, Default)]
@@ -41,8 +40,11 @@ pub struct RocksOptions {
 
 /// The RocksDB storage.
 pub struct RocksStorage {
-    db: Arc<DB>,
-    tx: Option<SyncSender<writer::Request>>,
+    db: Arc<db::Db>,
+    closed: Closed,
+    /// Requests for the writer. Unbounded so that `write` never blocks (it is called with a
+    /// queue lock held); AMQP credit bounds what producers and consumers can have in flight.
+    tx: Option<Sender<writer::Request>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -55,8 +57,8 @@ impl RocksStorage {
             .map_err(|e| {
             StoreError::Storage(format!("opening RocksDB in {}: {e}", dir.display()))
         })?;
-        let db = Arc::new(db);
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let (db, closed) = db::Db::new(db);
+        let (tx, rx) = channel();
         let w = writer::Writer::new(db.clone(), opts);
         let writer = std::thread::Builder::new()
             .name("ferrobus-store-writer".into())
@@ -64,9 +66,16 @@ impl RocksStorage {
             .map_err(|e| StoreError::Storage(format!("starting the writer thread: {e}")))?;
         Ok(RocksStorage {
             db,
+            closed,
             tx: Some(tx),
             writer: Some(writer),
         })
+    }
+
+    /// Raised when the database is closed (after the last reference to the storage is gone and
+    /// the writer has finished); wait for it before the process exits.
+    pub fn closed(&self) -> Closed {
+        self.closed.clone()
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -86,20 +95,20 @@ impl Storage for RocksStorage {
         }
     }
 
-    fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: Visitor<'_>) -> Result<(), StoreError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::Start)
-        {
-            let (k, v) =
-                item.map_err(|e| StoreError::Storage(format!("reading {}: {e}", cf.name())))?;
-            out.push((k.into_vec(), Bytes::from(v.into_vec())));
+        // a recovery scan reads everything once: do not push the hot blocks out of the cache
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf)?, ro);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            f(k, v)?;
+            it.next();
         }
-        Ok(out)
+        it.status()
+            .map_err(|e| StoreError::Storage(format!("reading {}: {e}", cf.name())))
     }
 
     fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, StoreError> {
@@ -126,7 +135,6 @@ impl Drop for RocksStorage {
                 let _ = w.join();
             }
         }
-        let _ = self.db.flush_wal(true);
     }
 }
 

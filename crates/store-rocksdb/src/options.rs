@@ -9,7 +9,9 @@ use rocksdb::{
 /// Block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Memtable size per column family (bodies use it; the others stay small).
-const WRITE_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+const WRITE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Memtables of all column families together.
+const TOTAL_WRITE_BUFFER_BYTES: usize = 48 * 1024 * 1024;
 /// Bodies at least this large go to blob files and are not rewritten by compaction.
 const MIN_BLOB_BYTES: u64 = 8 * 1024;
 
@@ -22,6 +24,8 @@ pub(crate) fn db_options() -> Options {
     o.set_max_total_wal_size(256 * 1024 * 1024);
     o.set_enable_pipelined_write(true);
     o.set_max_background_jobs(2);
+    // every column family's memtables together, so memory does not grow with their number
+    o.set_db_write_buffer_size(TOTAL_WRITE_BUFFER_BYTES);
     o
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ferrobus_store::storage::{Batch, Op};
 use ferrobus_store::{Completion, StoreError};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, WriteOptions};
 
 use crate::RocksOptions;
 
@@ -27,13 +27,13 @@ pub(crate) struct Request {
 }
 
 pub(crate) struct Writer {
-    db: Arc<DB>,
+    db: Arc<crate::db::Db>,
     opts: RocksOptions,
     written: u64,
 }
 
 impl Writer {
-    pub fn new(db: Arc<DB>, opts: RocksOptions) -> Self {
+    pub fn new(db: Arc<crate::db::Db>, opts: RocksOptions) -> Self {
         Writer {
             db,
             opts,

@@ -7,7 +7,6 @@
 //! |---|---|---|
 //! | meta | `E` + entity name | entity id (u64) |
 //! | meta | `N` + entity id | last sequence number assigned (u64, `Max` op) |
-//! | meta | `W` + entity id | highest sequence number ever dispatched (u64, `Max` op) |
 //! | body | owner id (u64) + seq (u64) | [`BodyRecord`] |
 //! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
 
@@ -28,14 +27,6 @@ pub fn entity_key(name: &str) -> Vec<u8> {
 /// Key of an entity's last assigned sequence number in `meta`.
 pub fn last_seq_key(id: u64) -> Vec<u8> {
     let mut k = vec![b'N'];
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// Key of an entity's dispatch high-water mark in `meta`: messages at or below it may have
-/// been locked when the broker stopped.
-pub fn dispatched_key(id: u64) -> Vec<u8> {
-    let mut k = vec![b'W'];
     k.extend_from_slice(&id.to_be_bytes());
     k
 }

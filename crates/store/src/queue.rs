@@ -165,8 +165,6 @@ struct State {
     locks: HashMap<LockToken, Locked>,
     bytes: u64,
     next_consumer: u64,
-    /// Highest sequence number handed to a consumer (persisted as a high-water mark).
-    dispatched: u64,
 }
 
 /// A queue and its dead-letter sub-queue.
@@ -195,40 +193,27 @@ impl Queue {
             locks: HashMap::new(),
             bytes: 0,
             next_consumer: 1,
-            dispatched: 0,
         };
-        let meta = storage.get_many(
-            Cf::Meta,
-            &[keys::last_seq_key(id), keys::dispatched_key(id)],
-        )?;
-        let mark = |v: &Option<Bytes>| v.as_deref().and_then(decode_max).unwrap_or(0);
-        let last_seq = mark(&meta[0]);
-        st.dispatched = mark(&meta[1]);
-        st.next_seq = last_seq + 1;
-        // Only references are read: bodies stay on disk until a consumer needs them.
+        let meta = storage.get_many(Cf::Meta, &[keys::last_seq_key(id)])?;
+        st.next_seq = meta[0].as_deref().and_then(decode_max).unwrap_or(0) + 1;
+        // Only references are read: bodies stay on disk until a consumer needs them. A
+        // message that was locked when the broker stopped already has that delivery counted
+        // in its reference (see `dispatch`).
         let (lo, hi) = keys::id_range(id);
-        let mut recount = Batch::default();
         let mut deferred = Vec::new();
-        for (k, v) in storage.scan(Cf::Ref, &lo, &hi)? {
-            let (_, lane, seq) = keys::parse_ref_key(&k)?;
-            let mut r = RefRecord::decode(&v)?;
+        storage.for_each(Cf::Ref, &lo, &hi, &mut |k, v| {
+            let (_, lane, seq) = keys::parse_ref_key(k)?;
+            let r = RefRecord::decode(v)?;
             st.bytes += r.size as u64;
             st.next_seq = st.next_seq.max(seq + 1);
-            if lane != LANE_DEFERRED && seq <= st.dispatched {
-                // it may have been locked when the broker stopped: count that delivery
-                r.delivery_count += 1;
-                recount.put(Cf::Ref, k.clone(), r.encode());
-            }
             match lane {
                 LANE_ACTIVE => st.main.push_spilled(seq),
                 LANE_DEAD => st.dead.push_spilled(seq),
                 LANE_DEFERRED => deferred.push(seq),
                 other => return Err(StoreError::Corrupt(format!("unknown lane {other}"))),
             }
-        }
-        if !recount.is_empty() {
-            write_and_wait(storage.as_ref(), recount)?;
-        }
+            Ok(())
+        })?;
         for e in load_entries(storage.as_ref(), id, LANE_DEFERRED, &deferred)? {
             st.deferred.insert(e.msg.seq, e);
         }
@@ -338,8 +323,8 @@ impl Queue {
                 ls.push(e, fresh);
             }
             self.dispatch(st, lane, &mut pending);
+            self.write_in_background(pending);
         }
-        self.write_in_background(pending);
     }
 
     /// Registers a consumer on `lane` with no credit yet.
@@ -375,13 +360,11 @@ impl Queue {
             dead,
             locks,
             bytes,
-            dispatched,
             ..
         } = st;
         let ls = lane_mut(main, dead, lane);
         let load =
             |seqs: &[u64]| load_entries(self.storage.as_ref(), self.id, lane.key_byte(), seqs);
-        let mark = *dispatched;
         while ls.dispatchable() {
             let entry = match ls.pop(&load) {
                 Ok(Some(e)) => e,
@@ -396,7 +379,6 @@ impl Queue {
             let c = &mut ls.consumers[i];
             c.credit -= 1;
             c.delivery_count = c.delivery_count.wrapping_add(1);
-            *dispatched = (*dispatched).max(seq);
             let mut d = Delivery {
                 message: entry.msg.clone(),
                 lock: None,
@@ -406,6 +388,18 @@ impl Queue {
             };
             match c.mode {
                 ReceiveMode::PeekLock => {
+                    // Count this delivery on disk before it can be settled: if the broker stops
+                    // while the message is locked, it comes back counted (locks are not
+                    // persisted). Releasing it writes the old count back.
+                    let counted = RefRecord {
+                        delivery_count: entry.delivery_count + 1,
+                        ..entry.ref_record()
+                    };
+                    pending.put(
+                        Cf::Ref,
+                        keys::ref_key(self.id, lane.key_byte(), seq),
+                        counted.encode(),
+                    );
                     let token = self.tokens.next();
                     d.lock = Some(token);
                     locks.insert(
@@ -425,15 +419,16 @@ impl Queue {
             }
             c.sink.deliver(d);
         }
-        if *dispatched > mark {
-            pending.max(Cf::Meta, keys::dispatched_key(self.id), *dispatched);
-        }
     }
 
+    /// Writes what dispatch recorded (delivery counts, receive-and-delete removals) without
+    /// waiting. Called with the queue lock held, so these writes are queued before any later
+    /// write about the same messages (a settlement needs the lock first); that is safe because
+    /// the completion does nothing and `Storage::write` does not block.
     fn write_in_background(&self, batch: Batch) {
         if !batch.is_empty() {
-            // Receive-and-delete removals: the messages are already handed out; a failed delete
-            // can only make a message reappear, never lose one.
+            // if it fails, a removed message may reappear or a delivery go uncounted after a
+            // crash; nothing is lost
             self.storage.write(batch, Box::new(|_| {}));
         }
     }
@@ -452,6 +447,7 @@ impl Queue {
             let limit = delivery_count.wrapping_add(link_credit);
             c.credit = (limit.wrapping_sub(c.delivery_count) as i32).max(0) as u32;
             self.dispatch(st, lane, &mut pending);
+            self.write_in_background(pending);
             if drain {
                 let ls = lane_mut(&mut st.main, &mut st.dead, lane);
                 if let Some(c) = ls.consumers.iter_mut().find(|c| c.id == consumer) {
@@ -461,7 +457,6 @@ impl Queue {
                 }
             }
         }
-        self.write_in_background(pending);
     }
 
     fn settle(
@@ -501,6 +496,13 @@ impl Queue {
                 None
             }
             Outcome::Release => {
+                // not a delivery attempt: put back the count written at dispatch
+                batch.put(
+                    Cf::Ref,
+                    ref_key(lane.key_byte()),
+                    entry.ref_record().encode(),
+                );
+                self.write_in_background(batch);
                 self.make_available(lane, vec![entry], false);
                 return done(Ok(()));
             }

@@ -80,10 +80,7 @@ impl Entities {
             map.insert(key, Queue::open(name, id, config.clone(), storage.clone())?);
         }
         if !batch.is_empty() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            storage.write(batch, Box::new(move |r| drop(tx.send(r))));
-            rx.recv()
-                .map_err(|_| StoreError::Storage("storage went away".into()))??;
+            crate::queue::write_and_wait(storage.as_ref(), batch)?;
         }
         Ok(Entities { queues: map })
     }

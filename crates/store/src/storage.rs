@@ -91,14 +91,31 @@ impl Batch {
     }
 }
 
+/// Called with each key and value of a [`Storage::for_each`] range.
+pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>;
+
+/// A key and its value, as [`Storage::scan`] returns them.
+pub type KeyValue = (Vec<u8>, Bytes);
+
 /// An ordered key-value store with atomic, durable batches.
 pub trait Storage: Send + Sync + 'static {
-    /// Commits `batch` atomically; calls `done` once it is durable. `done` may run inline, so
-    /// the caller must not hold a lock that `done` takes.
+    /// Commits `batch` atomically; calls `done` once it is durable. Never blocks. `done` may
+    /// run inline, so the caller must not hold a lock that `done` takes.
     fn write(&self, batch: Batch, done: Completion<()>);
 
-    /// Every key/value in `cf` with `start <= key < end`, in key order.
-    fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
+    /// Calls `f` with every key/value in `cf` with `start <= key < end`, in key order,
+    /// without holding them all in memory at once.
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: Visitor<'_>) -> Result<(), StoreError>;
+
+    /// Every key/value in `cf` with `start <= key < end`, in key order (small ranges only).
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each(cf, start, end, &mut |k, v| {
+            out.push((k.to_vec(), Bytes::copy_from_slice(v)));
+            Ok(())
+        })?;
+        Ok(out)
+    }
 
     /// The values of `keys` in `cf` (point reads), in the same order.
     fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, StoreError>;
@@ -148,12 +165,12 @@ impl Storage for MemoryStorage {
         done(Ok(()));
     }
 
-    fn scan(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: Visitor<'_>) -> Result<(), StoreError> {
         let map = self.cfs.lock().expect("memory storage poisoned");
-        Ok(map
-            .range((cf, start.to_vec())..(cf, end.to_vec()))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect())
+        for ((_, k), v) in map.range((cf, start.to_vec())..(cf, end.to_vec())) {
+            f(k, v)?;
+        }
+        Ok(())
     }
 
     fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, StoreError> {
