@@ -33,6 +33,8 @@ pub struct Sections {
     pub properties: Option<Range<usize>>,
     /// The application-properties section.
     pub application_properties: Option<Range<usize>>,
+    /// The body sections (one or more `data` / `amqp-sequence`, or one `amqp-value`).
+    pub body: Option<Range<usize>>,
     /// The bare message and footer: from the first section after the annotations to the end.
     pub bare: Range<usize>,
 }
@@ -74,6 +76,10 @@ impl Sections {
                 MESSAGE_ANNOTATIONS => s.message_annotations = Some(range),
                 PROPERTIES => s.properties = Some(range.clone()),
                 APPLICATION_PROPERTIES => s.application_properties = Some(range.clone()),
+                0x75..=0x77 => {
+                    let start = s.body.as_ref().map_or(range.start, |b| b.start);
+                    s.body = Some(start..range.end);
+                }
                 _ => {}
             }
             if rank >= 4 && bare_start.is_none() {

@@ -5,6 +5,7 @@
 //! The HTTP side is deliberately tiny (GET only, one request per connection, bounded request
 //! head): it serves probes and scrapers, not browsers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     /// Connections open now.
     pub connections: IntGauge,
+    /// Sessions begun now.
+    pub sessions: IntGauge,
     /// Links attached now.
     pub links: IntGauge,
     /// Messages accepted from producers.
@@ -54,6 +57,12 @@ pub struct Metrics {
     pub bytes_in: IntCounter,
     /// Messages delivered to consumers.
     pub messages_out: IntCounter,
+    /// Payload bytes delivered to consumers.
+    pub bytes_out: IntCounter,
+    /// Time from enqueue to completion (or to delivery, in receive-and-delete).
+    pub end_to_end_seconds: Histogram,
+    /// Failed group commits.
+    pub store_write_errors: IntCounter,
     /// Settlement outcomes by kind (completed, abandoned, released, deferred, dead_lettered).
     pub settled: IntCounterVec,
     /// Failed SASL logins.
@@ -86,6 +95,7 @@ impl Metrics {
         };
         let connections_total = counter("ferrobus_connections_total", "AMQP connections accepted.");
         let connections = gauge("ferrobus_connections", "AMQP connections open.");
+        let sessions = gauge("ferrobus_sessions", "AMQP sessions begun.");
         let links = gauge("ferrobus_links", "AMQP links attached.");
         let messages_in = counter(
             "ferrobus_messages_received_total",
@@ -100,6 +110,14 @@ impl Metrics {
             "Deliveries sent to consumers.",
         );
         let auth_failures = counter("ferrobus_auth_failures_total", "Failed logins.");
+        let bytes_out = counter(
+            "ferrobus_delivered_bytes_total",
+            "Message payload bytes delivered to consumers.",
+        );
+        let store_write_errors = counter(
+            "ferrobus_store_write_errors_total",
+            "Group commits that failed (every request in them was refused).",
+        );
         let settled = IntCounterVec::new(
             Opts::new(
                 "ferrobus_messages_settled_total",
@@ -151,8 +169,23 @@ impl Metrics {
             "Write requests per synced group commit.",
             prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
         );
+        let end_to_end_seconds = histogram(
+            "ferrobus_end_to_end_latency_seconds",
+            "Time from enqueue to completion (to delivery in receive-and-delete).",
+            prometheus::exponential_buckets(0.0001, 2.0, 20).expect("valid buckets"),
+        );
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         Arc::new(Metrics {
             registry,
+            sessions,
+            bytes_out,
+            end_to_end_seconds,
+            store_write_errors,
             commit_seconds,
             commit_requests,
             connections_total,
@@ -193,11 +226,13 @@ impl Metrics {
     }
 }
 
-/// Serves `/health` and `/metrics` on `listener` until `shutdown` fires.
+/// Serves `/health` (alive), `/ready` (200 while `ready`, else 503) and `/metrics` on
+/// `listener` until `shutdown` fires.
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     entities: Arc<dyn EntitySource>,
+    ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -214,6 +249,7 @@ pub async fn serve_http(
         };
         let metrics = metrics.clone();
         let entities = entities.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), async move {
                 let mut buf = Vec::with_capacity(1024);
@@ -231,6 +267,14 @@ pub async fn serve_http(
                 let path = path.split('?').next().unwrap_or("");
                 let (status, ctype, body) = match (method, path) {
                     ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_string()),
+                    ("GET", "/ready") if ready.load(Ordering::SeqCst) => {
+                        ("200 OK", "text/plain", "ready\n".to_string())
+                    }
+                    ("GET", "/ready") => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "shutting down\n".to_string(),
+                    ),
                     ("GET", "/metrics") => (
                         "200 OK",
                         "text/plain; version=0.0.4; charset=utf-8",

@@ -1,7 +1,8 @@
 //! The broker as the engine sees it: address routing, logins, and the link endpoints that
 //! join AMQP links to queues.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferrobus_codec::message::{AnnotationValue, Sections};
@@ -20,6 +21,7 @@ use ferrobus_store::{
 
 use crate::config::KeyRule;
 use crate::errors::{condition, store_error};
+use crate::nodes::{Node, ReplyLinks, RequestLink};
 
 /// Message annotations the broker owns: a producer's values for these are dropped.
 const OWNED_ANNOTATIONS: &[&str] = &[
@@ -30,11 +32,15 @@ const OWNED_ANNOTATIONS: &[&str] = &[
     "x-opt-enqueue-sequence-number",
 ];
 
-/// The router: entities, key rules and metrics.
+/// The router: entities, key rules, request/response nodes and metrics.
 pub struct Broker {
     pub entities: Entities,
-    pub keys: Vec<KeyRule>,
+    pub keys: Arc<Vec<KeyRule>>,
     pub metrics: Arc<Metrics>,
+    /// Receiver links attached from request/response nodes.
+    pub replies: Arc<ReplyLinks>,
+    /// The `$cbs` node.
+    pub cbs: Arc<dyn Node>,
 }
 
 impl Router for Broker {
@@ -61,6 +67,23 @@ impl Router for Broker {
         } else {
             a.source.as_deref().and_then(|s| s.address.clone())
         };
+        let node = if peer_sends {
+            a.target.as_deref().and_then(|t| match t {
+                TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+        } else {
+            a.source.as_deref().and_then(|s| s.address.clone())
+        };
+        if let Some(n) = node
+            .as_deref()
+            .map(ferrobus_store::registry::strip_authority)
+        {
+            if n.eq_ignore_ascii_case(self.cbs.name()) {
+                return Ok(self.attach_node(&req, self.cbs.clone(), peer_sends));
+            }
+        }
         let Some(address) = address.filter(|a| !a.is_empty()) else {
             return Err(refuse(
                 AmqpError::InvalidField,
@@ -92,15 +115,18 @@ impl Router for Broker {
             } else {
                 ReceiveMode::PeekLock
             };
+            let inflight = Arc::new(Mutex::new(HashMap::new()));
             let sink = Arc::new(Sink {
                 outbox: req.outbox.clone(),
                 metrics: self.metrics.clone(),
+                inflight: inflight.clone(),
             });
             let handle = resolved.queue.add_consumer(resolved.lane, mode, sink);
             Ok(Endpoint::Outgoing(Box::new(Consumer {
                 handle,
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
+                inflight,
                 _gauge: guard,
             })))
         }
@@ -113,6 +139,54 @@ impl Router for Broker {
 
     fn connection_closed(&self) {
         self.metrics.connections.dec();
+    }
+
+    fn session_begun(&self) {
+        self.metrics.sessions.inc();
+    }
+
+    fn session_ended(&self) {
+        self.metrics.sessions.dec();
+    }
+}
+
+impl Broker {
+    /// A link to or from a request/response node.
+    fn attach_node(
+        &self,
+        req: &AttachRequest<'_>,
+        node: Arc<dyn Node>,
+        peer_sends: bool,
+    ) -> Endpoint {
+        let key = (req.connection, req.session);
+        if peer_sends {
+            Endpoint::Incoming(Box::new(RequestLink {
+                node,
+                replies: self.replies.clone(),
+                key,
+                outbox: req.outbox.clone(),
+            }))
+        } else {
+            let target = req.attach.target.as_deref().and_then(|t| match t {
+                TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            });
+            Endpoint::Outgoing(Box::new(self.replies.attach(
+                key,
+                node.name(),
+                target,
+                req.outbox.clone(),
+            )))
+        }
+    }
+
+    /// Ends the locks that expired by now, in every queue.
+    pub fn expire_locks(&self) {
+        let now = ferrobus_store::now_ms();
+        for q in self.entities.queues() {
+            q.expire_locks(now);
+        }
     }
 }
 
@@ -208,16 +282,22 @@ fn rejected(error: Error) -> DeliveryState {
     DeliveryState::Rejected(Rejected { error: Some(error) })
 }
 
+/// Enqueue times of a consumer's locked messages, by delivery tag (for end-to-end latency).
+/// Bounded by the consumer's credit.
+type Inflight = Arc<Mutex<HashMap<[u8; 16], i64>>>;
+
 /// Hands a queue's deliveries to the consumer link's connection.
 struct Sink {
     outbox: Outbox,
     metrics: Arc<Metrics>,
+    inflight: Inflight,
 }
 
 impl ConsumerSink for Sink {
     fn deliver(&self, d: Delivery) {
-        self.metrics.messages_out.inc();
         let m = &d.message;
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(m.payload.len() as u64);
         let tag = match d.lock {
             Some(lock) => dotnet_guid_bytes(lock),
             None => {
@@ -232,7 +312,11 @@ impl ConsumerSink for Sink {
                 "x-opt-enqueued-time",
                 AnnotationValue::Timestamp(m.enqueued_ms),
             ),
+            ("x-opt-message-state", AnnotationValue::Int(0)),
         ];
+        if let Some(until) = d.locked_until_ms {
+            annotations.push(("x-opt-locked-until", AnnotationValue::Timestamp(until)));
+        }
         if let Some(reason) = &d.dead_letter_reason {
             annotations.push((
                 "x-opt-deadletter-reason",
@@ -244,6 +328,15 @@ impl ConsumerSink for Sink {
                 "x-opt-deadletter-description",
                 AnnotationValue::Str(desc.clone()),
             ));
+        }
+        if d.lock.is_some() {
+            self.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tag, m.enqueued_ms);
+        } else {
+            // receive-and-delete: delivering is completing
+            observe_latency(&self.metrics, m.enqueued_ms);
         }
         let delivery = OutgoingDelivery {
             tag,
@@ -273,11 +366,17 @@ fn dotnet_guid_bytes(u: [u8; 16]) -> [u8; 16] {
     t
 }
 
+fn observe_latency(metrics: &Metrics, enqueued_ms: i64) {
+    let ms = (ferrobus_store::now_ms() - enqueued_ms).max(0);
+    metrics.end_to_end_seconds.observe(ms as f64 / 1000.0);
+}
+
 /// A consumer link on a queue lane.
 struct Consumer {
     handle: ConsumerHandle,
     outbox: Outbox,
     metrics: Arc<Metrics>,
+    inflight: Inflight,
     _gauge: LinkGauge,
 }
 
@@ -325,6 +424,12 @@ impl OutgoingLink for Consumer {
         };
         let outbox = self.outbox.clone();
         let metrics = self.metrics.clone();
+        let enqueued = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tag);
+        let completing = outcome == Outcome::Complete;
         self.handle.settle(
             dotnet_guid_bytes(tag),
             outcome,
@@ -332,6 +437,9 @@ impl OutgoingLink for Consumer {
                 let echoed = match r {
                     Ok(()) => {
                         metrics.settled.with_label_values(&[label]).inc();
+                        if let (true, Some(at)) = (completing, enqueued) {
+                            observe_latency(&metrics, at);
+                        }
                         echo.unwrap_or(DeliveryState::Accepted(Accepted {}))
                     }
                     Err(e @ StoreError::LockLost) => rejected(store_error(&e)),

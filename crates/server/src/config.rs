@@ -24,9 +24,18 @@ pub struct Config {
     /// Where messages are kept.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// AMQPS listener and certificate.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
     /// The queues.
     #[serde(default)]
     pub queues: Vec<QueueDecl>,
+    /// Things in the configuration that are accepted but not applied (logged at start-up).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[server]`
@@ -131,6 +140,57 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[tls]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// AMQPS listener address; it runs only when `cert` and `key` are set.
+    pub amqps_listen: String,
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key. Its path is printed, never its contents.
+    pub key: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            amqps_listen: "127.0.0.1:5671".into(),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("amqps_listen", &self.amqps_listen)
+            .field("cert", &self.cert)
+            .field("key", &self.key.as_ref().map(|_| "<path set>"))
+            .finish()
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// Level filter (`RUST_LOG` overrides it), e.g. `info` or `ferrobus=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
 /// `[[queues]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +203,13 @@ pub struct QueueDecl {
     /// Largest total payload the queue holds, in MiB.
     #[serde(default = "default_max_size_mb")]
     pub max_size_mb: u64,
+    /// How long a peek-lock lasts, in milliseconds (`LockDuration`).
+    #[serde(default = "default_lock_duration_ms")]
+    pub lock_duration_ms: u64,
+}
+
+fn default_lock_duration_ms() -> u64 {
+    60_000
 }
 
 fn default_max_delivery_count() -> u32 {
@@ -162,6 +229,12 @@ pub struct Overrides {
     pub amqp_listen: Option<String>,
     /// `--http-listen`
     pub http_listen: Option<String>,
+    /// `--amqps-listen`
+    pub amqps_listen: Option<String>,
+    /// `--tls-cert`
+    pub tls_cert: Option<String>,
+    /// `--tls-key`
+    pub tls_key: Option<String>,
 }
 
 impl Config {
@@ -169,8 +242,16 @@ impl Config {
     /// flags. Errors name the offending key.
     pub fn load(path: Option<&str>, overrides: &Overrides) -> anyhow::Result<Config> {
         use config::{Environment, File, FileFormat};
+        let mut warnings = Vec::new();
         let mut b = config::Config::builder();
         b = match path {
+            Some(p) if p.ends_with(".json") => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("configuration: reading {p}: {e}"))?;
+                let (toml, w) = crate::emulator::to_toml(&text)?;
+                warnings = w;
+                b.add_source(File::from_str(&toml, FileFormat::Toml))
+            }
             Some(p) => b.add_source(File::new(p, FileFormat::Toml)),
             None => b.add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml)),
         };
@@ -184,17 +265,21 @@ impl Config {
             ("server.data_dir", &overrides.data_dir),
             ("server.amqp_listen", &overrides.amqp_listen),
             ("server.http_listen", &overrides.http_listen),
+            ("tls.amqps_listen", &overrides.amqps_listen),
+            ("tls.cert", &overrides.tls_cert),
+            ("tls.key", &overrides.tls_key),
         ] {
             if let Some(v) = value {
                 b = b.set_override(key, v.as_str())?;
             }
         }
-        let cfg: Config = b
+        let mut cfg: Config = b
             .build()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         cfg.validate()?;
+        cfg.warnings = warnings;
         Ok(cfg)
     }
 
@@ -203,6 +288,15 @@ impl Config {
             anyhow::bail!(
                 "configuration: storage.kind = {:?} is not supported (use \"rocksdb\" or \"memory\")",
                 self.storage.kind
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            anyhow::bail!("configuration: tls.cert and tls.key must be set together");
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            anyhow::bail!(
+                "configuration: log.format = {:?} is not supported (use \"pretty\" or \"json\")",
+                self.log.format
             );
         }
         if self.amqp.max_frame_size < 512 {
@@ -214,6 +308,12 @@ impl Config {
         for q in &self.queues {
             if q.name.is_empty() || q.name.contains('$') {
                 anyhow::bail!("configuration: queues: invalid queue name {:?}", q.name);
+            }
+            if q.lock_duration_ms < 1000 {
+                anyhow::bail!(
+                    "configuration: queues.{}: lock_duration_ms must be at least 1000",
+                    q.name
+                );
             }
             if q.max_delivery_count == 0 {
                 anyhow::bail!(

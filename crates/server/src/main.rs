@@ -1,11 +1,18 @@
-//! `ferrobus`: the broker binary. Reads the configuration, opens the entities, binds the AMQP
-//! and HTTP listeners, serves one task per connection, and shuts down gracefully on SIGINT or
-//! SIGTERM.
+//! `ferrobus`: the broker binary. Reads the configuration, opens the store and the entities,
+//! binds the AMQP, AMQPS and HTTP listeners, serves one task per connection, reloads TLS
+//! certificates on SIGHUP, and shuts down gracefully on SIGINT or SIGTERM.
 
 mod broker;
+mod cbs;
 mod config;
+mod emulator;
 mod errors;
+mod listen;
+mod nodes;
+mod sas;
+mod tls;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,19 +21,18 @@ use clap::Parser;
 use ferrobus_session::EngineConfig;
 use ferrobus_store::storage::{MemoryStorage, Storage};
 use ferrobus_store::{Entities, QueueConfig};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::config::{Config, Overrides, DEFAULT_CONFIG};
+use crate::config::{Config, LogConfig, Overrides, DEFAULT_CONFIG};
 
 /// A durable AMQP 1.0 message broker with the Azure Service Bus entity model.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (TOML). Without it the embedded default runs.
+    /// Configuration file: TOML, or the Service Bus emulator's Config.json (a `.json` file).
+    /// Without it the embedded default runs.
     #[arg(long)]
     config: Option<String>,
     /// Data directory (overrides server.data_dir).
@@ -35,9 +41,21 @@ struct Cli {
     /// AMQP listener address (overrides server.amqp_listen).
     #[arg(long)]
     amqp_listen: Option<String>,
-    /// HTTP listener address for /health and /metrics (overrides server.http_listen).
+    /// HTTP listener address for /health, /ready and /metrics (overrides server.http_listen).
     #[arg(long)]
     http_listen: Option<String>,
+    /// AMQPS listener address (overrides tls.amqps_listen; used once a certificate is set).
+    #[arg(long)]
+    amqps_listen: Option<String>,
+    /// PEM certificate chain for TLS (overrides tls.cert).
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// PEM private key for TLS (overrides tls.key).
+    #[arg(long)]
+    tls_key: Option<String>,
+    /// Check the configuration (and the TLS files) and exit without starting.
+    #[arg(long)]
+    check_config: bool,
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -49,19 +67,29 @@ fn main() -> anyhow::Result<()> {
         print!("{DEFAULT_CONFIG}");
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let overrides = Overrides {
         data_dir: cli.data_dir,
         amqp_listen: cli.amqp_listen,
         http_listen: cli.http_listen,
+        amqps_listen: cli.amqps_listen,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
     };
     let cfg = Config::load(cli.config.as_deref(), &overrides)?;
+    if cli.check_config {
+        if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
+            tls::Tls::load(cert.as_ref(), key.as_ref())?;
+        }
+        for w in &cfg.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("configuration ok");
+        return Ok(());
+    }
+    init_logging(&cfg.log);
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
     let closed = StorageClosed::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,6 +105,22 @@ fn main() -> anyhow::Result<()> {
         }
     }
     result
+}
+
+fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.format == "json" {
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        fmt.init();
+    }
 }
 
 /// Where `run` leaves the handle that says the RocksDB store is closed.
@@ -95,15 +139,22 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
             let qc = QueueConfig {
                 max_delivery_count: q.max_delivery_count,
                 max_size_bytes: q.max_size_mb * 1024 * 1024,
+                lock_duration_ms: q.lock_duration_ms,
             };
             (q.name.clone(), qc)
         })
         .collect();
     let entities = Entities::open(storage, &queues).context("opening the entities")?;
+    let keys = Arc::new(cfg.auth.keys);
     let broker = Arc::new(broker::Broker {
         entities,
-        keys: cfg.auth.keys,
+        keys: keys.clone(),
         metrics: metrics.clone(),
+        replies: Arc::default(),
+        cbs: Arc::new(cbs::Cbs {
+            keys,
+            metrics: metrics.clone(),
+        }),
     });
     let engine = Arc::new(EngineConfig {
         container_id: "ferrobus".into(),
@@ -116,74 +167,97 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
         require_sasl: cfg.amqp.require_sasl,
         handshake_timeout: Duration::from_secs(30),
     });
+    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => Some(tls::Tls::load(cert.as_ref(), key.as_ref())?),
+        _ => None,
+    };
 
-    let amqp = bind(&cfg.server.amqp_listen)
+    let amqp = listen::bind(&cfg.server.amqp_listen)
         .await
         .context("binding the AMQP listener")?;
-    let http = bind(&cfg.server.http_listen)
+    let amqps = match &tls {
+        Some(_) => Some(
+            listen::bind(&cfg.tls.amqps_listen)
+                .await
+                .context("binding the AMQPS listener")?,
+        ),
+        None => None,
+    };
+    let http = listen::bind(&cfg.server.http_listen)
         .await
         .context("binding the HTTP listener")?;
     // signal handlers exist before READY, so a SIGTERM right after it is a clean shutdown
-    let signals = Signals::install()?;
+    let mut signals = listen::Signals::install()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let ready = Arc::new(AtomicBool::new(true));
     tracker.spawn(ferrobus_metrics::serve_http(
         http.0,
         metrics,
         broker.clone(),
+        ready.clone(),
         shutdown.clone(),
     ));
+    let ctx = Arc::new(listen::Context {
+        router: broker.clone(),
+        engine,
+        tls: tls.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        limit: Arc::new(tokio::sync::Semaphore::new(
+            cfg.server.max_connections.max(1),
+        )),
+    });
+    if let Some((l, addr)) = amqps {
+        info!(amqps = %addr, "TLS listener ready");
+        println!("TLS amqps={addr}");
+        tracker.spawn(listen::accept_loop(l, true, ctx.clone()));
+    }
+    tracker.spawn(listen::accept_loop(amqp.0, false, ctx.clone()));
+    tracker.spawn(expire_locks(broker.clone(), shutdown.clone()));
     info!(amqp = %amqp.1, http = %http.1, queues = queues.len(), storage = %cfg.storage.kind, "ferrobus is ready");
     println!("READY amqp={} http={}", amqp.1, http.1);
 
-    let limit = Arc::new(Semaphore::new(cfg.server.max_connections.max(1)));
-    let accept = {
-        let shutdown = shutdown.clone();
-        let tracker = tracker.clone();
-        async move {
-            loop {
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    p = limit.clone().acquire_owned() => p.expect("semaphore never closes"),
-                };
-                let (sock, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = amqp.0.accept() => match r {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = sock.set_nodelay(true);
-                let span = tracing::info_span!("connection", %peer);
-                let router: Arc<dyn ferrobus_session::Router> = broker.clone();
-                tracker.spawn(
-                    ferrobus_session::serve(sock, router, engine.clone(), shutdown.clone())
-                        .instrument(span)
-                        .map_permit(permit),
-                );
+    loop {
+        match signals.next().await {
+            listen::Signal::Reload => {
+                if let Some(t) = &tls {
+                    t.reload();
+                }
             }
+            listen::Signal::Check => {
+                if let Some(t) = &tls {
+                    t.reload_if_changed();
+                }
+            }
+            listen::Signal::Stop => break,
         }
-    };
-    tracker.spawn(accept);
-    signals.wait().await;
+    }
     info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(
-        Duration::from_secs(cfg.server.shutdown_timeout_secs),
-        tracker.wait(),
-    )
-    .await
-    .is_err()
-    {
+    let grace = Duration::from_secs(cfg.server.shutdown_timeout_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!("connections did not close within the shutdown timeout");
     }
     info!("stopped");
     Ok(())
+}
+
+/// How often expired locks are looked for: a lock's message is available again within this
+/// much of its `x-opt-locked-until`.
+const LOCK_SWEEP: Duration = Duration::from_millis(100);
+
+async fn expire_locks(broker: Arc<broker::Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(LOCK_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => broker.expire_locks(),
+        }
+    }
 }
 
 /// Opens the configured storage: RocksDB in `<data_dir>/db`, or memory.
@@ -225,65 +299,11 @@ fn open_storage(
 struct CommitMetrics(Arc<ferrobus_metrics::Metrics>);
 
 impl ferrobus_store_rocksdb::CommitObserver for CommitMetrics {
-    fn committed(&self, requests: usize, _ops: usize, _bytes: usize, elapsed: Duration) {
+    fn committed(&self, requests: usize, _ops: usize, _bytes: usize, elapsed: Duration, ok: bool) {
         self.0.commit_seconds.observe(elapsed.as_secs_f64());
         self.0.commit_requests.observe(requests as f64);
-    }
-}
-
-async fn bind(addr: &str) -> anyhow::Result<(TcpListener, std::net::SocketAddr)> {
-    let addr: std::net::SocketAddr = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("resolving {addr}"))?
-        .next()
-        .with_context(|| format!("{addr} resolves to nothing"))?;
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr).with_context(|| format!("binding {addr}"))?;
-    let l = sock.listen(1024)?;
-    let local = l.local_addr()?;
-    Ok((l, local))
-}
-
-/// SIGTERM and SIGINT, listened for from the moment they are installed.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+        if !ok {
+            self.0.store_write_errors.inc();
         }
     }
 }
-
-/// Holds a connection-limit permit for as long as the connection's future runs.
-trait MapPermit: std::future::Future + Sized {
-    fn map_permit(
-        self,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> impl std::future::Future<Output = Self::Output> {
-        async move {
-            let out = self.await;
-            drop(permit);
-            out
-        }
-    }
-}
-
-impl<F: std::future::Future> MapPermit for F {}

@@ -131,6 +131,10 @@ pub struct AttachRequest<'a> {
     pub outbox: Outbox,
     /// Pre-settled deliveries requested (`snd-settle-mode = settled`).
     pub presettled: bool,
+    /// The connection, unique in the process (request/response nodes pair links by it).
+    pub connection: u64,
+    /// The session's channel on that connection.
+    pub session: u16,
 }
 
 /// The broker as the engine sees it.
@@ -145,4 +149,8 @@ pub trait Router: Send + Sync + 'static {
     fn connection_opened(&self) {}
     /// See [`Router::connection_opened`].
     fn connection_closed(&self) {}
+    /// A session began (metrics).
+    fn session_begun(&self) {}
+    /// A session ended (metrics).
+    fn session_ended(&self) {}
 }

@@ -15,7 +15,16 @@ fn fresh() -> Arc<dyn Storage> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    Arc::new(RocksStorage::open(&dir, RocksOptions::default()).unwrap())
+    let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
+    let closed = s.closed();
+    ferrobus_store::testing::at_test_end(move || {
+        assert!(
+            closed.wait(Duration::from_secs(30)),
+            "the store did not close"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    Arc::new(s)
 }
 
 mod suite {
@@ -57,7 +66,14 @@ fn data_survives_closing_and_reopening_the_database() {
 fn concurrent_writers_share_group_commits() {
     struct Count(AtomicU64, AtomicU64);
     impl CommitObserver for Count {
-        fn committed(&self, requests: usize, _ops: usize, _bytes: usize, _elapsed: Duration) {
+        fn committed(
+            &self,
+            requests: usize,
+            _ops: usize,
+            _bytes: usize,
+            _elapsed: Duration,
+            _ok: bool,
+        ) {
             self.0.fetch_add(1, Ordering::Relaxed);
             self.1.fetch_add(requests as u64, Ordering::Relaxed);
         }

@@ -17,8 +17,9 @@ const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// Hears about every group commit.
 pub trait CommitObserver: Send + Sync {
-    /// `requests` write requests with `ops` operations were synced in `elapsed`.
-    fn committed(&self, requests: usize, ops: usize, bytes: usize, elapsed: Duration);
+    /// `requests` write requests with `ops` operations were synced in `elapsed` (or failed,
+    /// when `ok` is false).
+    fn committed(&self, requests: usize, ops: usize, bytes: usize, elapsed: Duration, ok: bool);
 }
 
 pub(crate) struct Request {
@@ -61,7 +62,7 @@ impl Writer {
             let started = Instant::now();
             let result = self.commit(&group, &sync, bytes);
             if let Some(obs) = &self.opts.observer {
-                obs.committed(group.len(), ops, bytes, started.elapsed());
+                obs.committed(group.len(), ops, bytes, started.elapsed(), result.is_ok());
             }
             for r in group {
                 (r.done)(result.clone());

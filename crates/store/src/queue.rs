@@ -7,7 +7,7 @@
 
 mod lane;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -81,6 +81,8 @@ pub struct Delivery {
     pub lock: Option<LockToken>,
     /// Earlier delivery attempts.
     pub delivery_count: u32,
+    /// Until when the lock holds (ms since the epoch), in peek-lock mode.
+    pub locked_until_ms: Option<i64>,
     /// Why the message was dead-lettered, when it comes from the dead-letter lane.
     pub dead_letter_reason: Option<String>,
     /// The dead-letter description.
@@ -104,6 +106,8 @@ pub struct QueueConfig {
     pub max_delivery_count: u32,
     /// Bytes of message payload the queue may hold (`MaxSizeInMegabytes`).
     pub max_size_bytes: u64,
+    /// How long a peek-lock lasts (`LockDuration`), in milliseconds.
+    pub lock_duration_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -111,6 +115,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max_delivery_count: 10,
             max_size_bytes: 1024 * 1024 * 1024,
+            lock_duration_ms: 60_000,
         }
     }
 }
@@ -155,6 +160,7 @@ struct Locked {
     entry: Entry,
     lane: Lane,
     consumer: u64,
+    expires_ms: i64,
 }
 
 struct State {
@@ -163,6 +169,8 @@ struct State {
     dead: LaneState,
     deferred: BTreeMap<u64, Entry>,
     locks: HashMap<LockToken, Locked>,
+    /// The locks by expiry time.
+    expiries: BTreeSet<(i64, LockToken)>,
     bytes: u64,
     next_consumer: u64,
 }
@@ -191,6 +199,7 @@ impl Queue {
             dead: LaneState::default(),
             deferred: BTreeMap::new(),
             locks: HashMap::new(),
+            expiries: BTreeSet::new(),
             bytes: 0,
             next_consumer: 1,
         };
@@ -359,9 +368,11 @@ impl Queue {
             main,
             dead,
             locks,
+            expiries,
             bytes,
             ..
         } = st;
+        let lock_until = now_ms() + self.config.lock_duration_ms as i64;
         let ls = lane_mut(main, dead, lane);
         let load =
             |seqs: &[u64]| load_entries(self.storage.as_ref(), self.id, lane.key_byte(), seqs);
@@ -382,6 +393,7 @@ impl Queue {
             let mut d = Delivery {
                 message: entry.msg.clone(),
                 lock: None,
+                locked_until_ms: None,
                 delivery_count: entry.delivery_count,
                 dead_letter_reason: entry.dead_letter_reason.clone(),
                 dead_letter_description: entry.dead_letter_description.clone(),
@@ -402,12 +414,15 @@ impl Queue {
                     );
                     let token = self.tokens.next();
                     d.lock = Some(token);
+                    d.locked_until_ms = Some(lock_until);
+                    expiries.insert((lock_until, token));
                     locks.insert(
                         token,
                         Locked {
                             entry,
                             lane,
                             consumer: c.id,
+                            expires_ms: lock_until,
                         },
                     );
                 }
@@ -469,7 +484,11 @@ impl Queue {
         let locked = {
             let mut st = self.lock();
             match st.locks.get(&token) {
-                Some(l) if l.consumer == consumer => st.locks.remove(&token).expect("present"),
+                Some(l) if l.consumer == consumer => {
+                    let l = st.locks.remove(&token).expect("present");
+                    st.expiries.remove(&(l.expires_ms, token));
+                    l
+                }
                 _ => {
                     drop(st);
                     return done(Err(StoreError::LockLost));
@@ -583,6 +602,33 @@ impl Queue {
         }
     }
 
+    /// Ends every lock that expired at or before `now` (ms): the message is available again
+    /// with its delivery count raised (dead-lettered past `max_delivery_count`). Settling it
+    /// later fails with [`StoreError::LockLost`].
+    pub fn expire_locks(self: &Arc<Self>, now: i64) {
+        let mut returned: Vec<(Lane, Entry)> = Vec::new();
+        let mut batch = Batch::default();
+        {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            while let Some(&(at, token)) = st.expiries.first() {
+                if at > now {
+                    break;
+                }
+                st.expiries.pop_first();
+                if let Some(Locked {
+                    mut entry, lane, ..
+                }) = st.locks.remove(&token)
+                {
+                    entry.delivery_count += 1;
+                    let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
+                    returned.push((to, entry));
+                }
+            }
+        }
+        self.return_entries(batch, returned);
+    }
+
     /// Counts for metrics.
     pub fn stats(&self) -> QueueStats {
         let st = self.lock();
@@ -620,19 +666,28 @@ impl Queue {
                 .collect();
             for t in tokens {
                 let Locked {
-                    mut entry, lane, ..
+                    mut entry,
+                    lane,
+                    expires_ms,
+                    ..
                 } = st.locks.remove(&t).expect("listed");
+                st.expiries.remove(&(expires_ms, t));
                 entry.delivery_count += 1;
                 let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
                 returned.push((to, entry));
             }
         }
+        self.return_entries(batch, returned);
+    }
+
+    /// Writes `batch`, then makes `returned` available again, whether or not the write worked
+    /// (the messages are never lost; at worst a count update is).
+    fn return_entries(self: &Arc<Self>, batch: Batch, mut returned: Vec<(Lane, Entry)>) {
         if returned.is_empty() {
             return;
         }
         returned.sort_by_key(|(_, e)| e.msg.seq);
         let me = self.clone();
-        // Whether or not the count update is written, the messages go back: nothing is lost.
         self.storage.write(
             batch,
             Box::new(move |_| {

@@ -30,6 +30,28 @@ impl Recorder {
     }
 }
 
+thread_local! {
+    static AT_END: std::cell::RefCell<Vec<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Registers something to run when the current test's [`TestGuard`] drops (after every other
+/// local of the test): a storage factory uses it to wait until the storage is closed, since the
+/// last reference may be released on another thread after the test body returns.
+pub fn at_test_end(f: impl FnOnce() + 'static) {
+    AT_END.with(|v| v.borrow_mut().push(Box::new(f)));
+}
+
+/// The first local of every suite test; see [`at_test_end`].
+pub struct TestGuard;
+
+impl Drop for TestGuard {
+    fn drop(&mut self) {
+        for f in AT_END.with(|v| std::mem::take(&mut *v.borrow_mut())) {
+            f();
+        }
+    }
+}
+
 /// Writes a batch and waits until it is committed.
 pub fn write_and_wait(
     s: &dyn crate::storage::Storage,
@@ -82,6 +104,7 @@ macro_rules! store_suite {
 
         #[test]
         fn fifo_with_sequence_numbers_from_one() {
+            let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             assert_eq!(sync_enqueue(&q, &[b"a", b"b"]), vec![1, 2]);
             assert_eq!(sync_enqueue(&q, &[b"c"]), vec![3]);
@@ -97,6 +120,7 @@ macro_rules! store_suite {
 
         #[test]
         fn credit_limits_dispatch_and_counts_from_the_receivers_view() {
+            let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             sync_enqueue(&q, &[b"1", b"2", b"3", b"4", b"5"]);
             let r = Arc::new(Recorder::default());
@@ -112,6 +136,7 @@ macro_rules! store_suite {
 
         #[test]
         fn competing_consumers_share_round_robin() {
+            let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             let a = Arc::new(Recorder::default());
             let b = Arc::new(Recorder::default());
@@ -129,6 +154,7 @@ macro_rules! store_suite {
 
         #[test]
         fn outcomes() {
+            let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             sync_enqueue(&q, &[b"done", b"rel", b"ab", b"def", b"dl"]);
             let r = Arc::new(Recorder::default());
@@ -175,6 +201,7 @@ macro_rules! store_suite {
 
         #[test]
         fn max_delivery_count_dead_letters() {
+            let _end = $crate::testing::TestGuard;
             let s: Arc<dyn Storage> = $storage;
             let q = open(
                 &s,
@@ -206,6 +233,7 @@ macro_rules! store_suite {
 
         #[test]
         fn receive_and_delete_removes_on_delivery() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
             let r = Arc::new(Recorder::default());
@@ -229,6 +257,7 @@ macro_rules! store_suite {
 
         #[test]
         fn drain_delivers_what_is_there_then_uses_up_the_credit() {
+            let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
             let r = Arc::new(Recorder::default());
@@ -246,6 +275,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_closed_consumer_returns_its_locked_messages_counted() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
             let r = Arc::new(Recorder::default());
@@ -267,6 +297,7 @@ macro_rules! store_suite {
 
         #[test]
         fn reopening_recovers_messages_lanes_counts_and_sequence() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b", b"c", b"d"]);
             let r = Arc::new(Recorder::default());
@@ -307,6 +338,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_full_queue_refuses_and_keeps_what_it_has() {
+            let _end = $crate::testing::TestGuard;
             let s: Arc<dyn Storage> = $storage;
             let q = open(
                 &s,
@@ -327,6 +359,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_backlog_larger_than_the_window_comes_back_in_order_after_reopen() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             let n = 3000u64;
             let bodies: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
@@ -369,6 +402,7 @@ macro_rules! store_suite {
 
         #[test]
         fn sequence_numbers_keep_growing_after_everything_is_completed() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
             let r = Arc::new(Recorder::default());
@@ -384,6 +418,7 @@ macro_rules! store_suite {
 
         #[test]
         fn messages_locked_when_the_broker_stopped_come_back_counted() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"locked", b"waiting"]);
             let r = Arc::new(Recorder::default());
@@ -420,6 +455,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_released_message_is_not_counted_after_a_restart() {
+            let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a"]);
             let r = Arc::new(Recorder::default());
@@ -434,6 +470,38 @@ macro_rules! store_suite {
             let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
             c2.flow(0, 1, false);
             assert_eq!(r2.take()[0].delivery_count, 0);
+        }
+
+        #[test]
+        fn an_expired_lock_returns_the_message_counted_and_settling_it_fails() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let q = open(
+                &s,
+                QueueConfig {
+                    lock_duration_ms: 1000,
+                    ..Default::default()
+                },
+            );
+            sync_enqueue(&q, &[b"a"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            let d = r.take().remove(0);
+            let until = d.locked_until_ms.unwrap();
+            assert!(until > $crate::now_ms() + 500 && until <= $crate::now_ms() + 1000);
+            q.expire_locks(until - 1);
+            assert_eq!(q.stats().locked, 1, "not before its time");
+            q.expire_locks(until);
+            barrier(s.as_ref());
+            let again = r.take();
+            assert_eq!(again.len(), 1);
+            assert_eq!((again[0].message.seq, again[0].delivery_count), (1, 1));
+            assert_eq!(
+                sync_settle(&c, &d, Outcome::Complete),
+                Err(StoreError::LockLost)
+            );
+            sync_settle(&c, &again[0], Outcome::Complete).unwrap();
         }
     };
 }

@@ -54,6 +54,15 @@ fn scan_finds_every_section() {
     assert!(s.message_annotations.is_some() && s.properties.is_some());
     assert_eq!(s.bare.start, s.properties.clone().unwrap().start);
     assert_eq!(s.bare.end, bytes.len());
+    let body = s.body.clone().unwrap();
+    assert_eq!(body.end, bytes.len());
+    assert_eq!(
+        serde_amqp::from_slice::<Data>(&bytes[body])
+            .unwrap()
+            .0
+            .as_slice(),
+        b"hello"
+    );
     assert!(s.header(&bytes).unwrap().unwrap().durable);
     let (count, _) = s.annotation_entries(&bytes).unwrap();
     assert_eq!(count, 2);

@@ -86,6 +86,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             user: self.user.as_deref(),
             outbox,
             presettled,
+            connection: self.id,
+            session: channel,
         };
         let endpoint = self.router.attach(req);
         let mut reply = Attach {

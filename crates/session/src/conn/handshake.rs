@@ -180,6 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .filter(|t| *t > 0)
             .map(|t| Duration::from_millis(t as u64));
         self.peer_container = open.container_id.clone();
+        tracing::Span::current().record("container_id", open.container_id.as_str());
         let ours = Open {
             container_id: self.cfg.container_id.clone(),
             hostname: None,

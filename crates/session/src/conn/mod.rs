@@ -64,7 +64,12 @@ pub(crate) fn close_with(
     Fatal::Close(Some(error(condition, text)))
 }
 
+/// Connection ids, unique in the process.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub(crate) struct Connection<S> {
+    /// Unique in the process.
+    id: u64,
     io: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -100,6 +105,7 @@ pub async fn serve<S>(
     let (tx, rx) = unbounded_channel();
     let now = Instant::now();
     let mut conn = Connection {
+        id: NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         io,
         rbuf: BytesMut::with_capacity(64 * 1024),
         wbuf: BytesMut::with_capacity(64 * 1024),
@@ -152,7 +158,9 @@ pub async fn serve<S>(
         Err(Fatal::Eof) => debug!("peer closed the socket"),
     }
     // dropping the sessions drops every endpoint: consumers return their locked messages
-    conn.sessions.clear();
+    for _ in conn.sessions.drain() {
+        router.session_ended();
+    }
     router.connection_closed();
 }
 

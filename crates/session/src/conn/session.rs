@@ -77,6 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 ending: false,
             },
         );
+        self.router.session_begun();
         let reply = Begin {
             remote_channel: Some(channel),
             next_outgoing_id: 0,
@@ -98,6 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 format!("end on channel {channel} with no session"),
             ));
         };
+        self.router.session_ended();
         if let Some(e) = &end.error {
             tracing::debug!(condition = ?e.condition, "peer ended a session with an error");
         }
