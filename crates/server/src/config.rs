@@ -273,11 +273,15 @@ impl Config {
                 b = b.set_override(key, v.as_str())?;
             }
         }
+        let redact = |e: &dyn std::fmt::Display| {
+            let text = format!("configuration: {e}");
+            anyhow::anyhow!(redact_secrets(&text, path))
+        };
         let mut cfg: Config = b
             .build()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?
+            .map_err(|e| redact(&e))?
             .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            .map_err(|e| redact(&e))?;
         cfg.validate()?;
         cfg.warnings = warnings;
         Ok(cfg)
@@ -326,6 +330,44 @@ impl Config {
     }
 }
 
+/// Removes secret values from a configuration error. A parse error quotes the offending
+/// source line and a type error the offending value, so every value assigned to a key whose
+/// name says secret (`key`, `keys`, `password`, `secret`), in the file or in
+/// `FERROBUS__…` variables, is replaced by `<redacted>` wherever it appears.
+fn redact_secrets(text: &str, path: Option<&str>) -> String {
+    let mut secrets: Vec<String> = Vec::new();
+    let is_secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        ["key", "password", "secret"].iter().any(|s| k.contains(s))
+    };
+    if let Some(src) = path.and_then(|p| std::fs::read_to_string(p).ok()) {
+        for line in src.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if is_secret(k.trim()) {
+                    let v = v.trim().trim_matches(|c| c == '"' || c == '\'' || c == ',');
+                    secrets.push(v.to_string());
+                    // an unterminated string: everything after the quote
+                    if let Some(rest) = line.split_once('"').map(|(_, r)| r) {
+                        secrets.push(rest.trim_end_matches('"').to_string());
+                    }
+                }
+            }
+        }
+    }
+    for (k, v) in std::env::vars() {
+        if k.starts_with("FERROBUS__") && is_secret(&k) {
+            secrets.push(v);
+        }
+    }
+    secrets.retain(|s| s.len() >= 3);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(&s, "<redacted>");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +389,25 @@ mod tests {
         std::fs::write(&p, "[amqp]\nidle_timout_ms = 5\n").unwrap();
         let e = Config::load(Some(p.to_str().unwrap()), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("idle_timout_ms"), "{e}");
+    }
+
+    #[test]
+    fn parse_and_type_errors_do_not_echo_secrets() {
+        let dir = std::env::temp_dir().join(format!("ferrobus-cfg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, body) in [
+            "[[auth.keys]]\nname = \"r\"\nkey = \"TopSecretValue\n",
+            "[auth]\nkeys = \"TopSecretValue\"\n",
+            "[[auth.keys]]\nname = \"r\"\nkey = \"TopSecretValue\" garbage\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = dir.join(format!("bad{i}.toml"));
+            std::fs::write(&p, body).unwrap();
+            let e = Config::load(Some(p.to_str().unwrap()), &Overrides::default()).unwrap_err();
+            assert!(!format!("{e:#}").contains("TopSecret"), "{e:#}");
+        }
     }
 
     #[test]

@@ -112,6 +112,7 @@ fn init_logging(cfg: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cfg.format == "json" {
         fmt.json()
@@ -191,12 +192,14 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(true));
-    tracker.spawn(ferrobus_metrics::serve_http(
+    // the HTTP listener outlives the AMQP ones, so /ready can say 503 while connections close
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(ferrobus_metrics::serve_http(
         http.0,
         metrics,
         broker.clone(),
         ready.clone(),
-        shutdown.clone(),
+        http_stop.clone(),
     ));
     let ctx = Arc::new(listen::Context {
         router: broker.clone(),
@@ -241,6 +244,8 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!("connections did not close within the shutdown timeout");
     }
+    http_stop.cancel();
+    let _ = http_task.await;
     info!("stopped");
     Ok(())
 }
