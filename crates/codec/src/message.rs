@@ -119,6 +119,105 @@ impl Sections {
     }
 }
 
+impl Sections {
+    /// The raw encoded value of message annotation `key`, if present.
+    pub fn annotation<'a>(&self, payload: &'a [u8], key: &str) -> Option<&'a [u8]> {
+        let (_, mut rest) = self.annotation_entries(payload).ok()?;
+        while !rest.is_empty() {
+            let kl = value_len(rest).ok()?;
+            let vl = value_len(&rest[kl..]).ok()?;
+            if symbol_text(&rest[..kl]) == Some(key) {
+                return Some(&rest[kl..kl + vl]);
+            }
+            rest = &rest[kl + vl..];
+        }
+        None
+    }
+
+    /// The contents of each `data` body section (a batch's inner messages), in order.
+    pub fn data_sections<'a>(&self, payload: &'a [u8]) -> Result<Vec<&'a [u8]>, CodecError> {
+        let Some(body) = &self.body else {
+            return Ok(Vec::new());
+        };
+        let mut rest = &payload[body.clone()];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            if descriptor_code(rest) != Some(0x75) {
+                return Err(CodecError::Invalid("a batch body holds only data sections"));
+            }
+            let len = value_len(rest)?;
+            let d = value_len(&rest[1..])?;
+            let bin = &rest[1 + d..len];
+            let start = match bin.first() {
+                Some(0xa0) => 2,
+                Some(0xb0) => 5,
+                _ => return Err(CodecError::Invalid("a data section holds binary")),
+            };
+            out.push(&bin[start..]);
+            rest = &rest[len..];
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes an AMQP `timestamp` or `long` value (milliseconds).
+pub fn decode_millis(v: &[u8]) -> Option<i64> {
+    match v.first()? {
+        0x83 | 0x81 => Some(i64::from_be_bytes(v.get(1..9)?.try_into().ok()?)),
+        0x55 => Some(*v.get(1)? as i8 as i64),
+        _ => None,
+    }
+}
+
+/// Writes the bare message of `payload` with `extra` application properties set (replacing
+/// any of the same name): the properties section, body and footer stay the producer's bytes.
+/// Used where Service Bus semantics put broker data into application properties
+/// (dead-letter reason and description).
+pub fn encode_bare_with_properties(
+    out: &mut BytesMut,
+    payload: &[u8],
+    sections: &Sections,
+    extra: &[(&str, AnnotationValue)],
+) -> Result<(), CodecError> {
+    if let Some(p) = &sections.properties {
+        out.put_slice(&payload[p.clone()]);
+    }
+    out.put_slice(&[0x00, 0x53, 0x74, 0xd1]);
+    let size_at = out.len();
+    out.put_slice(&[0; 8]);
+    let mut count = 0u32;
+    for (k, v) in extra {
+        put_str(out, 0xa1, 0xb1, k.as_bytes());
+        v.encode(out);
+        count += 2;
+    }
+    if let Some(ap) = &sections.application_properties {
+        let sec = &payload[ap.clone()];
+        let d = value_len(&sec[1..])?;
+        let (_, mut rest) = map_entries(&sec[1 + d..])?;
+        while !rest.is_empty() {
+            let kl = value_len(rest)?;
+            let vl = value_len(&rest[kl..])?;
+            let key = symbol_text(&rest[..kl]);
+            if !key.is_some_and(|k| extra.iter().any(|(e, _)| *e == k)) {
+                out.put_slice(&rest[..kl + vl]);
+                count += 2;
+            }
+            rest = &rest[kl + vl..];
+        }
+    }
+    let size = (out.len() - size_at - 4) as u32;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    out[size_at + 4..size_at + 8].copy_from_slice(&count.to_be_bytes());
+    let after = sections
+        .application_properties
+        .as_ref()
+        .or(sections.properties.as_ref())
+        .map_or(sections.bare.start, |r| r.end);
+    out.put_slice(&payload[after..]);
+    Ok(())
+}
+
 /// A value the broker writes into the message annotations.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnnotationValue {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ferrobus_codec::message::{AnnotationValue, Sections};
+use ferrobus_codec::message::{decode_millis, Sections};
 use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition, Role};
 use ferrobus_codec::types::messaging::{
     Accepted, DeliveryState, Modified, Rejected, Released, TargetArchetype,
@@ -20,17 +20,13 @@ use ferrobus_store::{
 };
 
 use crate::config::KeyRule;
+use crate::encode::{Stamp, OWNED_ANNOTATIONS};
 use crate::errors::{condition, store_error};
+use crate::management::{Management, SCHEDULED_ENQUEUE_TIME};
 use crate::nodes::{Node, ReplyLinks, RequestLink};
 
-/// Message annotations the broker owns: a producer's values for these are dropped.
-const OWNED_ANNOTATIONS: &[&str] = &[
-    "x-opt-sequence-number",
-    "x-opt-enqueued-time",
-    "x-opt-locked-until",
-    "x-opt-message-state",
-    "x-opt-enqueue-sequence-number",
-];
+/// The address suffix of an entity's management node (matched case-insensitively).
+const MANAGEMENT_SUFFIX: &str = "/$management";
 
 /// The router: entities, key rules, request/response nodes and metrics.
 pub struct Broker {
@@ -82,6 +78,19 @@ impl Router for Broker {
         {
             if n.eq_ignore_ascii_case(self.cbs.name()) {
                 return Ok(self.attach_node(&req, self.cbs.clone(), peer_sends));
+            }
+            let lower = n.trim_matches('/').to_ascii_lowercase();
+            if let Some(entity) = lower.strip_suffix(MANAGEMENT_SUFFIX) {
+                let resolved = self
+                    .entities
+                    .resolve(entity)
+                    .map_err(|e| refuse(AmqpError::NotFound, e.to_string()))?;
+                let node = Arc::new(Management {
+                    name: lower.clone(),
+                    queue: resolved.queue,
+                    lane: resolved.lane,
+                });
+                return Ok(self.attach_node(&req, node, peer_sends));
             }
         }
         let Some(address) = address.filter(|a| !a.is_empty()) else {
@@ -181,11 +190,13 @@ impl Broker {
         }
     }
 
-    /// Ends the locks that expired by now, in every queue.
-    pub fn expire_locks(&self) {
+    /// Ends the locks that expired by now and releases scheduled messages that are due, in
+    /// every queue.
+    pub fn sweep(&self) {
         let now = ferrobus_store::now_ms();
         for q in self.entities.queues() {
             q.expire_locks(now);
+            q.release_due(now);
         }
     }
 }
@@ -236,37 +247,24 @@ struct Producer {
 
 impl IncomingLink for Producer {
     fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
-        if message_format != 0 {
-            let err = Error::new(
-                AmqpError::NotImplemented,
-                Some(format!(
-                    "message-format {message_format:#x} is not supported"
-                )),
-                None,
-            );
-            self.outbox
-                .send(|l| Event::Published(l, delivery_id, rejected(err)));
-            return;
-        }
-        if let Err(e) = Sections::scan(&payload) {
-            let err = Error::new(
-                AmqpError::DecodeError,
-                Some(format!("malformed message: {e}")),
-                None,
-            );
-            self.outbox
-                .send(|l| Event::Published(l, delivery_id, rejected(err)));
-            return;
-        }
+        let items = match unpack(message_format, &payload) {
+            Ok(items) => items,
+            Err(err) => {
+                self.outbox
+                    .send(|l| Event::Published(l, delivery_id, rejected(err)));
+                return;
+            }
+        };
         let outbox = self.outbox.clone();
         let metrics = self.metrics.clone();
         let len = payload.len() as u64;
-        self.queue.enqueue(
-            vec![payload],
+        let count = items.len() as u64;
+        self.queue.enqueue_at(
+            items,
             Box::new(move |r| {
                 let state = match r {
                     Ok(_) => {
-                        metrics.messages_in.inc();
+                        metrics.messages_in.inc_by(count);
                         metrics.bytes_in.inc_by(len);
                         DeliveryState::Accepted(Accepted {})
                     }
@@ -275,6 +273,44 @@ impl IncomingLink for Producer {
                 outbox.send(|l| Event::Published(l, delivery_id, state));
             }),
         );
+    }
+}
+
+/// Service Bus batches: one data section per inner message.
+const BATCH_FORMAT: u32 = 0x8001_3700;
+
+/// The messages a transfer carries (one, or a batch's inner messages, enqueued atomically),
+/// each with its scheduled time if it has one.
+fn unpack(format: u32, payload: &Bytes) -> Result<Vec<(Bytes, Option<i64>)>, Error> {
+    let decode_error = |what: String| Error::new(AmqpError::DecodeError, Some(what), None);
+    let scheduled = |p: &Bytes| -> Result<(Bytes, Option<i64>), Error> {
+        let s = Sections::scan(p).map_err(|e| decode_error(format!("malformed message: {e}")))?;
+        let at = s
+            .annotation(p, SCHEDULED_ENQUEUE_TIME)
+            .and_then(decode_millis);
+        Ok((p.clone(), at))
+    };
+    match format {
+        0 => Ok(vec![scheduled(payload)?]),
+        BATCH_FORMAT => {
+            let s = Sections::scan(payload)
+                .map_err(|e| decode_error(format!("malformed batch: {e}")))?;
+            let inner = s
+                .data_sections(payload)
+                .map_err(|e| decode_error(format!("malformed batch: {e}")))?;
+            if inner.is_empty() {
+                return Err(decode_error("an empty batch".into()));
+            }
+            inner
+                .into_iter()
+                .map(|m| scheduled(&payload.slice_ref(m)))
+                .collect()
+        }
+        other => Err(Error::new(
+            AmqpError::NotImplemented,
+            Some(format!("message-format {other:#x} is not supported")),
+            None,
+        )),
     }
 }
 
@@ -306,29 +342,14 @@ impl ConsumerSink for Sink {
                 t
             }
         };
-        let mut annotations = vec![
-            ("x-opt-sequence-number", AnnotationValue::Long(m.seq as i64)),
-            (
-                "x-opt-enqueued-time",
-                AnnotationValue::Timestamp(m.enqueued_ms),
-            ),
-            ("x-opt-message-state", AnnotationValue::Int(0)),
-        ];
-        if let Some(until) = d.locked_until_ms {
-            annotations.push(("x-opt-locked-until", AnnotationValue::Timestamp(until)));
-        }
-        if let Some(reason) = &d.dead_letter_reason {
-            annotations.push((
-                "x-opt-deadletter-reason",
-                AnnotationValue::Str(reason.clone()),
-            ));
-        }
-        if let Some(desc) = &d.dead_letter_description {
-            annotations.push((
-                "x-opt-deadletter-description",
-                AnnotationValue::Str(desc.clone()),
-            ));
-        }
+        let stamp = Stamp {
+            seq: m.seq,
+            enqueued_ms: m.enqueued_ms,
+            state: 0,
+            locked_until_ms: d.locked_until_ms,
+            dead_letter_reason: d.dead_letter_reason.as_deref(),
+            dead_letter_description: d.dead_letter_description.as_deref(),
+        };
         if d.lock.is_some() {
             self.inflight
                 .lock()
@@ -342,11 +363,18 @@ impl ConsumerSink for Sink {
             tag,
             settled: d.lock.is_none(),
             message_format: 0,
-            body: OutgoingBody::Stored {
-                payload: m.payload.clone(),
-                delivery_count: d.delivery_count,
-                annotations,
-                owned: OWNED_ANNOTATIONS,
+            body: match stamp
+                .dead_lettered()
+                .then(|| stamp.encode(&m.payload, d.delivery_count))
+            {
+                // dead-lettered: the reason goes into the application properties (a copy)
+                Some(Some(bytes)) => OutgoingBody::Encoded(bytes),
+                _ => OutgoingBody::Stored {
+                    payload: m.payload.clone(),
+                    delivery_count: d.delivery_count,
+                    annotations: stamp.annotations(),
+                    owned: OWNED_ANNOTATIONS,
+                },
             },
         };
         self.outbox.send(|l| Event::Deliver(l, delivery));

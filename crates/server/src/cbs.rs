@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferrobus_codec::types::primitives::{SimpleValue, Value};
 
 use crate::config::KeyRule;
-use crate::nodes::{response, Node, Request};
+use crate::nodes::{response, Node, Request, Respond};
 use crate::sas;
 
 /// The `$cbs` node.
@@ -18,23 +17,23 @@ pub struct Cbs {
 }
 
 impl Node for Cbs {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "$cbs"
     }
 
-    fn handle(&self, req: &Request, _connection: u64) -> Bytes {
-        let (code, text) = self.put_token(req);
+    fn handle(&self, req: Request, respond: Respond) {
+        let (code, text) = self.put_token(&req);
         if code == 401 {
             self.metrics.auth_failures.inc();
         }
-        response(
+        respond(response(
             req.message_id.clone(),
             vec![
                 ("status-code", SimpleValue::Int(code)),
                 ("status-description", SimpleValue::String(text)),
             ],
             Value::Null,
-        )
+        ))
     }
 }
 

@@ -4,6 +4,9 @@ use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition};
 use ferrobus_codec::types::primitives::Symbol;
 use ferrobus_store::StoreError;
 
+/// Service Bus: no message with that sequence number.
+pub const MESSAGE_NOT_FOUND: &str = "com.microsoft:message-not-found";
+
 /// Service Bus: the lock on a message was lost or has expired.
 pub const MESSAGE_LOCK_LOST: &str = "com.microsoft:message-lock-lost";
 
@@ -11,6 +14,7 @@ pub const MESSAGE_LOCK_LOST: &str = "com.microsoft:message-lock-lost";
 pub fn store_error(e: &StoreError) -> Error {
     let condition: ErrorCondition = match e {
         StoreError::LockLost => ErrorCondition::Custom(Symbol::from(MESSAGE_LOCK_LOST)),
+        StoreError::NotFound(_) => ErrorCondition::Custom(Symbol::from(MESSAGE_NOT_FOUND)),
         StoreError::Full(_) => AmqpError::ResourceLimitExceeded.into(),
         StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
     };

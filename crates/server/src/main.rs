@@ -6,8 +6,10 @@ mod broker;
 mod cbs;
 mod config;
 mod emulator;
+mod encode;
 mod errors;
 mod listen;
+mod management;
 mod nodes;
 mod sas;
 mod tls;
@@ -250,8 +252,8 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often expired locks are looked for: a lock's message is available again within this
-/// much of its `x-opt-locked-until`.
+/// How often expired locks and due scheduled messages are looked for: a lock's message is
+/// available again, and a scheduled message available, within this much of its time.
 const LOCK_SWEEP: Duration = Duration::from_millis(100);
 
 async fn expire_locks(broker: Arc<broker::Broker>, shutdown: CancellationToken) {
@@ -260,7 +262,7 @@ async fn expire_locks(broker: Arc<broker::Broker>, shutdown: CancellationToken) 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => broker.expire_locks(),
+            _ = tick.tick() => broker.sweep(),
         }
     }
 }

@@ -233,12 +233,15 @@ impl Drop for ReplyEndpoint {
     }
 }
 
-/// Handles one request and returns the response (status properties and body).
+/// Where a node sends its answer (possibly later, once a write is durable).
+pub type Respond = Box<dyn FnOnce(Bytes) + Send>;
+
+/// Handles requests.
 pub trait Node: Send + Sync {
-    /// The node's address (`$cbs`).
-    fn name(&self) -> &'static str;
-    /// Answers a request.
-    fn handle(&self, req: &Request, connection: u64) -> Bytes;
+    /// The node's address (`$cbs`, `q1/$management`), lower case.
+    fn name(&self) -> &str;
+    /// Answers a request through `respond`.
+    fn handle(&self, req: Request, respond: Respond);
 }
 
 /// A sender link attached to a node: requests in, responses to the session's reply link.
@@ -268,15 +271,16 @@ impl IncomingLink for RequestLink {
                 .send(|l| Event::Published(l, delivery_id, state));
             return;
         };
-        let resp = self.node.handle(&req, self.key.0);
         match self
             .replies
             .find(self.key, self.node.name(), req.reply_to.as_deref())
         {
-            Some(reply) => reply.push(resp),
+            Some(reply) => self
+                .node
+                .handle(req, Box::new(move |resp| reply.push(resp))),
             None => tracing::debug!(
                 node = self.node.name(),
-                "no reply link for a request; response dropped"
+                "no reply link for a request; dropped"
             ),
         }
         self.outbox

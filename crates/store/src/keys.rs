@@ -123,6 +123,8 @@ pub struct RefRecord {
     pub dead_letter_reason: Option<String>,
     /// The dead-letter description, if any.
     pub dead_letter_description: Option<String>,
+    /// When a scheduled message becomes available (ms since the epoch).
+    pub scheduled_ms: Option<i64>,
 }
 
 impl RefRecord {
@@ -141,6 +143,9 @@ impl RefRecord {
                     b.put_slice(s.as_bytes());
                 }
             }
+        }
+        if let Some(at) = self.scheduled_ms {
+            b.put_i64(at);
         }
         b.freeze()
     }
@@ -169,11 +174,19 @@ impl RefRecord {
             }
         }
         let [dead_letter_reason, dead_letter_description] = strings;
+        let scheduled_ms = match v.get(pos..) {
+            Some([]) | None => None,
+            Some(rest) if rest.len() == 8 => {
+                Some(i64::from_be_bytes(rest.try_into().expect("8 bytes")))
+            }
+            Some(_) => return Err(bad()),
+        };
         Ok(RefRecord {
             size,
             delivery_count,
             dead_letter_reason,
             dead_letter_description,
+            scheduled_ms,
         })
     }
 }
@@ -226,6 +239,7 @@ mod tests {
             delivery_count: 7,
             dead_letter_reason: Some("MaxDeliveryCountExceeded".into()),
             dead_letter_description: None,
+            scheduled_ms: Some(1_800_000_000_000),
         };
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
         let b = BodyRecord {

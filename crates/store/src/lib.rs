@@ -23,8 +23,8 @@ pub mod storage;
 pub mod testing;
 
 pub use queue::{
-    ConsumerHandle, ConsumerSink, Delivery, Lane, Outcome, Queue, QueueConfig, QueueStats,
-    ReceiveMode,
+    ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
+    QueueConfig, QueueStats, ReceiveMode,
 };
 pub use registry::{Entities, ResolveError, Resolved};
 
@@ -47,6 +47,9 @@ pub type LockToken = [u8; 16];
 /// What can go wrong in the store; each maps to one AMQP error condition in the server.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
+    /// No such message (sequence number): `com.microsoft:message-not-found`.
+    #[error("{0}")]
+    NotFound(String),
     /// The lock is unknown or expired: `com.microsoft:message-lock-lost`.
     #[error("the lock on the message is lost or expired")]
     LockLost,

@@ -6,6 +6,10 @@
 //! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
 
 mod lane;
+mod manage;
+mod schedule;
+
+pub use manage::{MessageState, Peeked};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +25,7 @@ use lane::{Consumer, LaneState};
 const LANE_ACTIVE: u8 = b'A';
 const LANE_DEFERRED: u8 = b'D';
 const LANE_DEAD: u8 = b'X';
+const LANE_SCHEDULED: u8 = b'S';
 
 /// The reason given to messages dead-lettered for too many deliveries.
 pub const MAX_DELIVERY_COUNT_EXCEEDED: &str = "MaxDeliveryCountExceeded";
@@ -152,6 +157,7 @@ impl Entry {
             delivery_count: self.delivery_count,
             dead_letter_reason: self.dead_letter_reason.clone(),
             dead_letter_description: self.dead_letter_description.clone(),
+            scheduled_ms: None,
         }
     }
 }
@@ -161,7 +167,13 @@ struct Locked {
     lane: Lane,
     consumer: u64,
     expires_ms: i64,
+    /// A deferred message received by sequence number: its home is the deferred set.
+    deferred: bool,
 }
+
+/// The consumer id of locks taken through management (receive-by-sequence-number); any
+/// holder of the lock token may settle them.
+pub(crate) const MANAGEMENT: u64 = 0;
 
 struct State {
     next_seq: u64,
@@ -169,6 +181,10 @@ struct State {
     dead: LaneState,
     deferred: BTreeMap<u64, Entry>,
     locks: HashMap<LockToken, Locked>,
+    /// Scheduled messages by sequence number, with their due time (ms).
+    scheduled: BTreeMap<u64, (Entry, i64)>,
+    /// Scheduled messages by due time.
+    due: BTreeSet<(i64, u64)>,
     /// The locks by expiry time.
     expiries: BTreeSet<(i64, LockToken)>,
     bytes: u64,
@@ -199,6 +215,8 @@ impl Queue {
             dead: LaneState::default(),
             deferred: BTreeMap::new(),
             locks: HashMap::new(),
+            scheduled: BTreeMap::new(),
+            due: BTreeSet::new(),
             expiries: BTreeSet::new(),
             bytes: 0,
             next_consumer: 1,
@@ -210,6 +228,7 @@ impl Queue {
         // in its reference (see `dispatch`).
         let (lo, hi) = keys::id_range(id);
         let mut deferred = Vec::new();
+        let mut scheduled = Vec::new();
         storage.for_each(Cf::Ref, &lo, &hi, &mut |k, v| {
             let (_, lane, seq) = keys::parse_ref_key(k)?;
             let r = RefRecord::decode(v)?;
@@ -219,12 +238,21 @@ impl Queue {
                 LANE_ACTIVE => st.main.push_spilled(seq),
                 LANE_DEAD => st.dead.push_spilled(seq),
                 LANE_DEFERRED => deferred.push(seq),
+                LANE_SCHEDULED => scheduled.push((seq, r.scheduled_ms.unwrap_or(0))),
                 other => return Err(StoreError::Corrupt(format!("unknown lane {other}"))),
             }
             Ok(())
         })?;
         for e in load_entries(storage.as_ref(), id, LANE_DEFERRED, &deferred)? {
             st.deferred.insert(e.msg.seq, e);
+        }
+        let seqs: Vec<u64> = scheduled.iter().map(|(s, _)| *s).collect();
+        for (e, (_, at)) in load_entries(storage.as_ref(), id, LANE_SCHEDULED, &seqs)?
+            .into_iter()
+            .zip(scheduled)
+        {
+            st.due.insert((at, e.msg.seq));
+            st.scheduled.insert(e.msg.seq, (e, at));
         }
         Ok(Arc::new(Queue {
             name: name.to_string(),
@@ -253,10 +281,20 @@ impl Queue {
     /// Stores `payloads` atomically, in order, and makes them available once committed;
     /// `done` gets their sequence numbers.
     pub fn enqueue(self: &Arc<Self>, payloads: Vec<Bytes>, done: Completion<Vec<u64>>) {
-        let size: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        self.enqueue_at(payloads.into_iter().map(|p| (p, None)).collect(), done);
+    }
+
+    /// Like [`Queue::enqueue`], each message with an optional time (ms since the epoch) before
+    /// which it is scheduled, not available.
+    pub fn enqueue_at(
+        self: &Arc<Self>,
+        items: Vec<(Bytes, Option<i64>)>,
+        done: Completion<Vec<u64>>,
+    ) {
+        let size: u64 = items.iter().map(|(p, _)| p.len() as u64).sum();
         let now = now_ms();
         let mut batch = Batch::default();
-        let entries: Vec<Entry> = {
+        let entries: Vec<(Entry, Option<i64>)> = {
             let mut st = self.lock();
             if st.bytes + size > self.config.max_size_bytes {
                 drop(st);
@@ -268,9 +306,10 @@ impl Queue {
                 ))));
             }
             st.bytes += size;
-            payloads
+            items
                 .into_iter()
-                .map(|payload| {
+                .map(|(payload, at)| {
+                    let at = at.filter(|at| *at > now);
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     let body = BodyRecord {
@@ -280,14 +319,16 @@ impl Queue {
                     batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
                     let r = RefRecord {
                         size: body.payload.len() as u32,
+                        scheduled_ms: at,
                         ..Default::default()
                     };
-                    batch.put(
-                        Cf::Ref,
-                        keys::ref_key(self.id, LANE_ACTIVE, seq),
-                        r.encode(),
-                    );
-                    Entry {
+                    let lane = if at.is_some() {
+                        LANE_SCHEDULED
+                    } else {
+                        LANE_ACTIVE
+                    };
+                    batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
+                    let e = Entry {
                         msg: Arc::new(Message {
                             seq,
                             enqueued_ms: now,
@@ -296,22 +337,27 @@ impl Queue {
                         delivery_count: 0,
                         dead_letter_reason: None,
                         dead_letter_description: None,
-                    }
+                    };
+                    (e, at)
                 })
                 .collect()
         };
         batch.max(
             Cf::Meta,
             keys::last_seq_key(self.id),
-            entries.last().map_or(0, |e| e.msg.seq),
+            entries.last().map_or(0, |(e, _)| e.msg.seq),
         );
         let me = self.clone();
         self.storage.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
-                    let seqs = entries.iter().map(|e| e.msg.seq).collect();
-                    me.make_available(Lane::Main, entries, true);
+                    let seqs = entries.iter().map(|(e, _)| e.msg.seq).collect();
+                    let (later, now): (Vec<_>, Vec<_>) =
+                        entries.into_iter().partition(|(_, at)| at.is_some());
+                    me.add_scheduled(later);
+                    me.make_available(Lane::Main, now.into_iter().map(|(e, _)| e).collect(), true);
+                    drop(me);
                     done(Ok(seqs));
                 }
                 Err(e) => {
@@ -423,6 +469,7 @@ impl Queue {
                             lane,
                             consumer: c.id,
                             expires_ms: lock_until,
+                            deferred: false,
                         },
                     );
                 }
@@ -474,9 +521,11 @@ impl Queue {
         }
     }
 
+    /// Settles a lock held by `consumer` (`None`: by whoever has the token, as management
+    /// does).
     fn settle(
         self: &Arc<Self>,
-        consumer: u64,
+        consumer: Option<u64>,
         token: LockToken,
         outcome: Outcome,
         done: Completion<()>,
@@ -484,7 +533,7 @@ impl Queue {
         let locked = {
             let mut st = self.lock();
             match st.locks.get(&token) {
-                Some(l) if l.consumer == consumer => {
+                Some(l) if consumer.is_none_or(|c| c == l.consumer) => {
                     let l = st.locks.remove(&token).expect("present");
                     st.expiries.remove(&(l.expires_ms, token));
                     l
@@ -495,6 +544,9 @@ impl Queue {
                 }
             }
         };
+        if locked.deferred {
+            return self.settle_deferred(locked, outcome, done);
+        }
         let Locked {
             mut entry, lane, ..
         } = locked;
@@ -617,10 +669,18 @@ impl Queue {
                 }
                 st.expiries.pop_first();
                 if let Some(Locked {
-                    mut entry, lane, ..
+                    mut entry,
+                    lane,
+                    deferred,
+                    ..
                 }) = st.locks.remove(&token)
                 {
                     entry.delivery_count += 1;
+                    if deferred {
+                        // back into the deferred set; the count was written when it was received
+                        st.deferred.insert(entry.msg.seq, entry);
+                        continue;
+                    }
                     let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
                     returned.push((to, entry));
                 }
@@ -732,7 +792,7 @@ impl ConsumerHandle {
 
     /// Settles a locked message; `done` hears once the outcome is durable.
     pub fn settle(&self, lock: LockToken, outcome: Outcome, done: Completion<()>) {
-        self.queue.settle(self.id, lock, outcome, done);
+        self.queue.settle(Some(self.id), lock, outcome, done);
     }
 
     /// The queue this consumer reads.

@@ -126,6 +126,65 @@ fn delivery_prefix_replaces_broker_annotations_and_keeps_the_bare_message() {
     assert_eq!(&out[s2.bare.clone()], &bytes[s.bare.clone()]);
 }
 
+#[test]
+fn annotations_by_key_batches_and_extra_application_properties() {
+    let bytes = build(
+        None,
+        false,
+        &[("x-opt-scheduled-enqueue-time", 1234)],
+        "s",
+        b"body",
+    );
+    let s = Sections::scan(&bytes).unwrap();
+    assert_eq!(
+        s.annotation(&bytes, "x-opt-scheduled-enqueue-time")
+            .and_then(decode_millis),
+        Some(1234)
+    );
+    assert_eq!(s.annotation(&bytes, "x-nope"), None);
+
+    let inner1 = build(None, false, &[], "one", b"1");
+    let inner2 = build(None, false, &[], "two", b"22");
+    let mut batch = serde_amqp::to_vec(&Properties::default()).unwrap();
+    batch.extend(serde_amqp::to_vec(&Data(Binary::from(inner1.clone()))).unwrap());
+    batch.extend(serde_amqp::to_vec(&Data(Binary::from(inner2.clone()))).unwrap());
+    let bs = Sections::scan(&batch).unwrap();
+    assert_eq!(
+        bs.data_sections(&batch).unwrap(),
+        vec![&inner1[..], &inner2[..]]
+    );
+
+    let mut out = BytesMut::new();
+    HeaderFields::from_header(None).encode(&mut out);
+    encode_bare_with_properties(
+        &mut out,
+        &bytes,
+        &s,
+        &[
+            ("DeadLetterReason", AnnotationValue::Str("why".into())),
+            ("k", AnnotationValue::Str("new".into())),
+        ],
+    )
+    .unwrap();
+    let m = decode(&out);
+    let ap = m.application_properties.unwrap().0;
+    assert_eq!(
+        ap.get("DeadLetterReason"),
+        Some(&fe2o3_amqp_types::primitives::SimpleValue::String(
+            "why".into()
+        ))
+    );
+    assert_eq!(
+        ap.get("k"),
+        Some(&fe2o3_amqp_types::primitives::SimpleValue::String(
+            "new".into()
+        ))
+    );
+    assert_eq!(ap.len(), 2);
+    assert_eq!(m.properties.unwrap().subject.as_deref(), Some("s"));
+    assert_eq!(&m.body.0[..], b"body");
+}
+
 proptest! {
     #[test]
     fn rewritten_messages_decode_with_the_same_bare_bytes(

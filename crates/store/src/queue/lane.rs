@@ -84,6 +84,17 @@ impl LaneState {
         }))
     }
 
+    /// Messages in the window from sequence number `from`, in order.
+    pub fn window_from(&self, from: u64) -> impl Iterator<Item = &Entry> {
+        self.window.range(from..).map(|(_, e)| e)
+    }
+
+    /// Sequence numbers of spilled messages from `from`, in order.
+    pub fn spilled_from(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
+        let start = self.spilled.partition_point(|s| *s < from);
+        self.spilled.range(start..).copied()
+    }
+
     /// True while there is something to hand out and someone to take it.
     pub fn dispatchable(&self) -> bool {
         !self.is_empty() && self.consumers.iter().any(|c| c.credit > 0)

@@ -1,0 +1,354 @@
+//! The `$management` node of a queue (`<queue>/$management`, `<queue>/$DeadLetterQueue/$management`):
+//! the request/response operations the Service Bus SDKs send.
+//!
+//! Responses carry `statusCode`, `statusDescription` and, on failure, `errorCondition`
+//! (without it Python retries a failure as a generic error); bodies are amqp-value maps with
+//! string keys.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ferrobus_codec::message::{decode_millis, Sections};
+use ferrobus_codec::types::primitives::{
+    Array, OrderedMap, SimpleValue, Symbol, Timestamp, Uuid, Value,
+};
+use ferrobus_store::{Lane, Outcome, Queue, StoreError};
+
+use crate::encode::Stamp;
+use crate::nodes::{response, Node, Request, Respond};
+
+use crate::errors::{MESSAGE_LOCK_LOST as LOCK_LOST, MESSAGE_NOT_FOUND};
+/// The annotation that schedules a message.
+pub const SCHEDULED_ENQUEUE_TIME: &str = "x-opt-scheduled-enqueue-time";
+
+/// One queue lane's management node.
+pub struct Management {
+    pub name: String,
+    pub queue: Arc<Queue>,
+    pub lane: Lane,
+}
+
+/// A failed operation: status code, AMQP condition, description.
+struct Failure(i32, &'static str, String);
+
+impl Failure {
+    fn bad(text: impl Into<String>) -> Self {
+        Failure(400, "amqp:invalid-field", text.into())
+    }
+}
+
+fn from_store(e: StoreError) -> Failure {
+    match e {
+        StoreError::LockLost => Failure(410, LOCK_LOST, e.to_string()),
+        StoreError::NotFound(t) => Failure(404, MESSAGE_NOT_FOUND, t),
+        StoreError::Full(t) => Failure(403, "amqp:resource-limit-exceeded", t),
+        other => Failure(500, "amqp:internal-error", other.to_string()),
+    }
+}
+
+impl Node for Management {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn handle(&self, req: Request, respond: Respond) {
+        let id = req.message_id.clone();
+        let reply = move |r: Result<Option<Value>, Failure>| {
+            respond(match r {
+                Ok(Some(body)) => response(id, status(200, "OK".into(), None), body),
+                Ok(None) => response(id, status(204, "No Content".into(), None), Value::Null),
+                Err(Failure(code, cond, text)) => {
+                    response(id, status(code, text, Some(cond)), Value::Null)
+                }
+            })
+        };
+        let op = req.text("operation").unwrap_or("").to_string();
+        let body = &req.body;
+        match op.as_str() {
+            "com.microsoft:renew-lock" => reply(self.renew_lock(body)),
+            "com.microsoft:peek-message" => reply(self.peek(body)),
+            "com.microsoft:receive-by-sequence-number" => reply(self.receive_by_sequence(body)),
+            "com.microsoft:update-disposition" => self.update_disposition(body, Box::new(reply)),
+            "com.microsoft:schedule-message" => self.schedule(body, Box::new(reply)),
+            "com.microsoft:cancel-scheduled-message" => {
+                self.cancel_scheduled(body, Box::new(reply))
+            }
+            "com.microsoft:get-message-sessions" => reply(Ok(None)),
+            other => reply(Err(Failure(
+                501,
+                "amqp:not-implemented",
+                format!("management operation '{other}' is not supported"),
+            ))),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<Option<Value>, Failure>) + Send>;
+
+fn status(code: i32, text: String, condition: Option<&str>) -> Vec<(&'static str, SimpleValue)> {
+    let mut v = vec![
+        ("statusCode", SimpleValue::Int(code)),
+        ("statusDescription", SimpleValue::String(text)),
+    ];
+    if let Some(c) = condition {
+        v.push(("errorCondition", SimpleValue::Symbol(Symbol::from(c))));
+    }
+    v
+}
+
+fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+    let Value::Map(m) = body else { return None };
+    m.iter()
+        .find(|(k, _)| {
+            matches!(k, Value::String(s) if s == key)
+                || matches!(k, Value::Symbol(s) if s.as_str() == key)
+        })
+        .map(|(_, v)| v)
+}
+
+fn items(v: Option<&Value>) -> Vec<&Value> {
+    match v {
+        Some(Value::Array(Array(a))) | Some(Value::List(a)) => a.iter().collect(),
+        Some(other) => vec![other],
+        None => vec![],
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::Long(x) => *x,
+        Value::Int(x) => *x as i64,
+        Value::Short(x) => *x as i64,
+        Value::Byte(x) => *x as i64,
+        Value::Ulong(x) => i64::try_from(*x).ok()?,
+        Value::Uint(x) => *x as i64,
+        Value::Ushort(x) => *x as i64,
+        Value::Ubyte(x) => *x as i64,
+        _ => return None,
+    })
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Symbol(s)) if !s.as_str().is_empty() => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn lock_tokens(body: &Value) -> Result<Vec<[u8; 16]>, Failure> {
+    let tokens: Option<Vec<[u8; 16]>> = items(field(body, "lock-tokens"))
+        .into_iter()
+        .map(|v| match v {
+            Value::Uuid(u) => Some(*u.as_inner()),
+            _ => None,
+        })
+        .collect();
+    match tokens {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(Failure::bad("lock-tokens must be an array of uuid")),
+    }
+}
+
+fn sequence_numbers(body: &Value) -> Result<Vec<u64>, Failure> {
+    let seqs: Option<Vec<u64>> = items(field(body, "sequence-numbers"))
+        .into_iter()
+        .map(|v| int(v).and_then(|n| u64::try_from(n).ok()))
+        .collect();
+    match seqs {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Failure::bad("sequence-numbers must be an array of long")),
+    }
+}
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    let mut m = OrderedMap::new();
+    for (k, v) in pairs {
+        m.insert(Value::String(k.to_string()), v);
+    }
+    Value::Map(m)
+}
+
+/// Waits for several store completions and answers once, with the first failure if any.
+fn join(
+    n: usize,
+    reply: Reply,
+    ok: Value,
+) -> impl Fn(Result<(), StoreError>) + Send + Sync + Clone {
+    let state = Arc::new(Mutex::new((n, None::<StoreError>, Some((reply, ok)))));
+    move |r: Result<(), StoreError>| {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = r {
+            s.1.get_or_insert(e);
+        }
+        s.0 -= 1;
+        if s.0 == 0 {
+            if let Some((reply, ok)) = s.2.take() {
+                match s.1.take() {
+                    Some(e) => reply(Err(from_store(e))),
+                    None => reply(Ok(Some(ok))),
+                }
+            }
+        }
+    }
+}
+
+impl Management {
+    fn renew_lock(&self, body: &Value) -> Result<Option<Value>, Failure> {
+        let mut expirations = Vec::new();
+        for t in lock_tokens(body)? {
+            let until = self.queue.renew_lock(t).map_err(from_store)?;
+            expirations.push(Value::Timestamp(Timestamp::from_milliseconds(until)));
+        }
+        Ok(Some(map(vec![(
+            "expirations",
+            Value::Array(Array(expirations)),
+        )])))
+    }
+
+    fn peek(&self, body: &Value) -> Result<Option<Value>, Failure> {
+        let from = field(body, "from-sequence-number")
+            .and_then(int)
+            .unwrap_or(1)
+            .max(1) as u64;
+        let count = field(body, "message-count")
+            .and_then(int)
+            .unwrap_or(1)
+            .clamp(1, 1000) as usize;
+        let peeked = self
+            .queue
+            .peek(self.lane, from, count)
+            .map_err(from_store)?;
+        if peeked.is_empty() {
+            return Ok(None);
+        }
+        let messages = peeked
+            .iter()
+            .filter_map(|p| {
+                let stamp = Stamp {
+                    seq: p.message.seq,
+                    enqueued_ms: p.message.enqueued_ms,
+                    state: p.state as i32,
+                    locked_until_ms: p.locked_until_ms,
+                    dead_letter_reason: p.dead_letter_reason.as_deref(),
+                    dead_letter_description: p.dead_letter_description.as_deref(),
+                };
+                let bytes = stamp.encode(&p.message.payload, p.delivery_count)?;
+                Some(map(vec![("message", Value::Binary(bytes.to_vec().into()))]))
+            })
+            .collect();
+        Ok(Some(map(vec![("messages", Value::List(messages))])))
+    }
+
+    fn receive_by_sequence(&self, body: &Value) -> Result<Option<Value>, Failure> {
+        let seqs = sequence_numbers(body)?;
+        // 0 = receive-and-delete, 1 = peek-lock
+        let peek_lock = field(body, "receiver-settle-mode")
+            .and_then(int)
+            .unwrap_or(1)
+            != 0;
+        let got = self
+            .queue
+            .receive_deferred(&seqs, peek_lock)
+            .map_err(from_store)?;
+        let messages = got
+            .iter()
+            .filter_map(|d| {
+                let stamp = Stamp {
+                    seq: d.message.seq,
+                    enqueued_ms: d.message.enqueued_ms,
+                    state: 1,
+                    locked_until_ms: d.locked_until_ms,
+                    dead_letter_reason: d.dead_letter_reason.as_deref(),
+                    dead_letter_description: d.dead_letter_description.as_deref(),
+                };
+                let bytes = stamp.encode(&d.message.payload, d.delivery_count)?;
+                let mut pairs = vec![("message", Value::Binary(bytes.to_vec().into()))];
+                if let Some(lock) = d.lock {
+                    pairs.push(("lock-token", Value::Uuid(Uuid::from(lock))));
+                }
+                Some(map(pairs))
+            })
+            .collect();
+        Ok(Some(map(vec![("messages", Value::List(messages))])))
+    }
+
+    fn update_disposition(&self, body: &Value, reply: Reply) {
+        let tokens = match lock_tokens(body) {
+            Ok(t) => t,
+            Err(f) => return reply(Err(f)),
+        };
+        let outcome = match text(field(body, "disposition-status")).as_deref() {
+            Some("completed") => Outcome::Complete,
+            Some("abandoned") => Outcome::Abandon,
+            Some("defered") | Some("deferred") => Outcome::Defer,
+            Some("suspended") => Outcome::DeadLetter {
+                reason: text(field(body, "deadletter-reason")),
+                description: text(field(body, "deadletter-description")),
+            },
+            other => {
+                return reply(Err(Failure::bad(format!(
+                    "disposition-status {other:?} is unknown"
+                ))))
+            }
+        };
+        let done = join(tokens.len(), reply, map(vec![]));
+        for t in tokens {
+            let done = done.clone();
+            self.queue.settle_lock(t, outcome.clone(), Box::new(done));
+        }
+    }
+
+    fn schedule(&self, body: &Value, reply: Reply) {
+        let mut items = Vec::new();
+        for m in items_of(body) {
+            let Some(Value::Binary(b)) = field(m, "message") else {
+                return reply(Err(Failure::bad(
+                    "each scheduled message needs a binary 'message'",
+                )));
+            };
+            let payload = Bytes::copy_from_slice(b);
+            let Ok(sections) = Sections::scan(&payload) else {
+                return reply(Err(Failure::bad("a scheduled message does not decode")));
+            };
+            let at = sections
+                .annotation(&payload, SCHEDULED_ENQUEUE_TIME)
+                .and_then(decode_millis);
+            items.push((payload, at));
+        }
+        if items.is_empty() {
+            return reply(Err(Failure::bad("messages must list at least one message")));
+        }
+        self.queue.enqueue_at(
+            items,
+            Box::new(move |r| match r {
+                Ok(seqs) => {
+                    let seqs = seqs.into_iter().map(|s| Value::Long(s as i64)).collect();
+                    reply(Ok(Some(map(vec![(
+                        "sequence-numbers",
+                        Value::Array(Array(seqs)),
+                    )]))))
+                }
+                Err(e) => reply(Err(from_store(e))),
+            }),
+        );
+    }
+
+    fn cancel_scheduled(&self, body: &Value, reply: Reply) {
+        let seqs = match sequence_numbers(body) {
+            Ok(s) => s,
+            Err(f) => return reply(Err(f)),
+        };
+        self.queue.cancel_scheduled(
+            &seqs,
+            Box::new(move |r| match r {
+                Ok(()) => reply(Ok(Some(map(vec![])))),
+                Err(e) => reply(Err(from_store(e))),
+            }),
+        );
+    }
+}
+
+fn items_of(body: &Value) -> Vec<&Value> {
+    items(field(body, "messages"))
+}
