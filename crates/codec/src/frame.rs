@@ -160,11 +160,18 @@ fn decode_performative(body: Bytes) -> Result<(Performative, Bytes), CodecError>
         return Err(CodecError::Invalid("unknown performative"));
     }
     let n = value_len(&body)?;
-    let perf: Performative =
-        serde_amqp::from_slice(&body[..n]).map_err(|source| CodecError::Serde {
-            what: "performative",
-            source,
-        })?;
+    let perf: Performative = match serde_amqp::from_slice(&body[..n]) {
+        Ok(p) => p,
+        Err(source) => {
+            // string keys where `fields` want symbols: read them as symbols
+            let mut copy = body[..n].to_vec();
+            crate::value::symbolize_map_keys(&mut copy)?;
+            serde_amqp::from_slice(&copy).map_err(|_| CodecError::Serde {
+                what: "performative",
+                source,
+            })?
+        }
+    };
     let payload = body.slice(n..);
     if !payload.is_empty() && !matches!(perf, Performative::Transfer(_)) {
         return Err(CodecError::Invalid(

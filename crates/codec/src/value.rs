@@ -101,6 +101,47 @@ fn symbolic_code(name: &[u8]) -> Option<u64> {
     NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
 }
 
+/// Rewrites, in place, every string map key (`str8`/`str32`) inside an encoded value into a
+/// symbol (`sym8`/`sym32`): the same layout with another format code. Performatives carry only
+/// `fields` maps, whose keys are symbols, but some clients (the Service Bus JS SDK in a
+/// rejected outcome's error info) send strings; decoding retries with this.
+pub fn symbolize_map_keys(buf: &mut [u8]) -> Result<(), CodecError> {
+    walk_keys(buf, 0).map(|_| ())
+}
+
+fn walk_keys(buf: &mut [u8], depth: usize) -> Result<usize, CodecError> {
+    if depth >= MAX_DEPTH {
+        return Err(CodecError::Invalid("values nested too deeply"));
+    }
+    let len = value_len(buf)?;
+    let code = buf[0];
+    match code {
+        0x00 => {
+            let d = walk_keys(&mut buf[1..], depth + 1)?;
+            walk_keys(&mut buf[1 + d..], depth + 1)?;
+        }
+        0xc0 | 0xd0 | 0xc1 | 0xd1 => {
+            let header = if code & 0xf0 == 0xc0 { 3 } else { 9 };
+            let is_map = code & 1 == 1;
+            let mut pos = header.min(len);
+            let mut index = 0usize;
+            while pos < len {
+                if is_map && index.is_multiple_of(2) {
+                    match buf[pos] {
+                        0xa1 => buf[pos] = 0xa3,
+                        0xb1 => buf[pos] = 0xb3,
+                        _ => {}
+                    }
+                }
+                pos += walk_keys(&mut buf[pos..len], depth + 1)?;
+                index += 1;
+            }
+        }
+        _ => {}
+    }
+    Ok(len)
+}
+
 /// Splits an encoded map (`map8`/`map32`) into its element count and the raw bytes of its
 /// key/value pairs.
 pub fn map_entries(buf: &[u8]) -> Result<(u32, &[u8]), CodecError> {

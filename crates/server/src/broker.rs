@@ -16,7 +16,8 @@ use ferrobus_session::{
     OutgoingLink, Refusal, Router,
 };
 use ferrobus_store::{
-    ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, Outcome, ReceiveMode, StoreError,
+    ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, NewMessage, Outcome, ReceiveMode,
+    StoreError,
 };
 
 use crate::config::KeyRule;
@@ -197,6 +198,7 @@ impl Broker {
         for q in self.entities.queues() {
             q.expire_locks(now);
             q.release_due(now);
+            q.expire_messages(now);
         }
     }
 }
@@ -247,7 +249,8 @@ struct Producer {
 
 impl IncomingLink for Producer {
     fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
-        let items = match unpack(message_format, &payload) {
+        let with_id = self.queue.config().duplicate_detection_ms > 0;
+        let items = match unpack(message_format, &payload, with_id) {
             Ok(items) => items,
             Err(err) => {
                 self.outbox
@@ -280,15 +283,23 @@ impl IncomingLink for Producer {
 const BATCH_FORMAT: u32 = 0x8001_3700;
 
 /// The messages a transfer carries (one, or a batch's inner messages, enqueued atomically),
-/// each with its scheduled time if it has one.
-fn unpack(format: u32, payload: &Bytes) -> Result<Vec<(Bytes, Option<i64>)>, Error> {
+/// with what the queue needs to know of each: its scheduled time, its time to live, and (when
+/// the queue detects duplicates) its message-id.
+fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>, Error> {
     let decode_error = |what: String| Error::new(AmqpError::DecodeError, Some(what), None);
-    let scheduled = |p: &Bytes| -> Result<(Bytes, Option<i64>), Error> {
+    let scheduled = |p: &Bytes| -> Result<NewMessage, Error> {
         let s = Sections::scan(p).map_err(|e| decode_error(format!("malformed message: {e}")))?;
-        let at = s
-            .annotation(p, SCHEDULED_ENQUEUE_TIME)
-            .and_then(decode_millis);
-        Ok((p.clone(), at))
+        let header = s
+            .header(p)
+            .map_err(|e| decode_error(format!("malformed header: {e}")))?;
+        Ok(NewMessage {
+            payload: p.clone(),
+            scheduled_ms: s
+                .annotation(p, SCHEDULED_ENQUEUE_TIME)
+                .and_then(decode_millis),
+            ttl_ms: header.and_then(|h| h.ttl).filter(|t| *t > 0).map(u64::from),
+            message_id: if with_id { message_id(p, &s) } else { None },
+        })
     };
     match format {
         0 => Ok(vec![scheduled(payload)?]),
@@ -312,6 +323,33 @@ fn unpack(format: u32, payload: &Bytes) -> Result<Vec<(Bytes, Option<i64>)>, Err
             None,
         )),
     }
+}
+
+/// A message-id as bytes that keep its AMQP type apart (`"1"` is not `1`).
+fn message_id(payload: &[u8], s: &Sections) -> Option<Vec<u8>> {
+    use ferrobus_codec::types::messaging::{MessageId, Properties};
+    let props: Properties =
+        ferrobus_codec::serde_amqp::from_slice(&payload[s.properties.clone()?]).ok()?;
+    let mut out = Vec::new();
+    match props.message_id? {
+        MessageId::String(v) => {
+            out.push(b's');
+            out.extend_from_slice(v.as_bytes());
+        }
+        MessageId::Ulong(v) => {
+            out.push(b'l');
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        MessageId::Uuid(v) => {
+            out.push(b'u');
+            out.extend_from_slice(v.as_inner());
+        }
+        MessageId::Binary(v) => {
+            out.push(b'b');
+            out.extend_from_slice(&v);
+        }
+    }
+    Some(out)
 }
 
 fn rejected(error: Error) -> DeliveryState {
@@ -344,6 +382,7 @@ impl ConsumerSink for Sink {
         };
         let stamp = Stamp {
             seq: m.seq,
+            ttl_ms: ttl_of(m),
             enqueued_ms: m.enqueued_ms,
             state: 0,
             locked_until_ms: d.locked_until_ms,
@@ -372,6 +411,7 @@ impl ConsumerSink for Sink {
                 _ => OutgoingBody::Stored {
                     payload: m.payload.clone(),
                     delivery_count: d.delivery_count,
+                    ttl_ms: stamp.ttl_ms,
                     annotations: stamp.annotations(),
                     owned: OWNED_ANNOTATIONS,
                 },
@@ -383,6 +423,12 @@ impl ConsumerSink for Sink {
     fn drained(&self, delivery_count: u32) {
         self.outbox.send(|l| Event::Drained(l, delivery_count));
     }
+}
+
+/// A message's effective time to live (what is left of it from enqueue), for the header.
+pub fn ttl_of(m: &ferrobus_store::Message) -> Option<u32> {
+    m.expires_ms
+        .map(|e| (e - m.enqueued_ms).clamp(0, u32::MAX as i64) as u32)
 }
 
 /// A lock token as a Service Bus delivery tag: the UUID in .NET (little-endian) byte order.

@@ -206,6 +206,23 @@ pub struct QueueDecl {
     /// How long a peek-lock lasts, in milliseconds (`LockDuration`).
     #[serde(default = "default_lock_duration_ms")]
     pub lock_duration_ms: u64,
+    /// Time to live of messages that set none, and the cap on those that do, in
+    /// milliseconds (`DefaultMessageTimeToLive`); 0: none.
+    #[serde(default)]
+    pub default_message_ttl_ms: u64,
+    /// Expired messages go to the dead-letter sub-queue (`DeadLetteringOnMessageExpiration`).
+    #[serde(default)]
+    pub dead_lettering_on_message_expiration: bool,
+    /// Drop messages whose message-id was seen within the window (`RequiresDuplicateDetection`).
+    #[serde(default)]
+    pub requires_duplicate_detection: bool,
+    /// The duplicate-detection window in milliseconds (`DuplicateDetectionHistoryTimeWindow`).
+    #[serde(default = "default_duplicate_window_ms")]
+    pub duplicate_detection_window_ms: u64,
+}
+
+fn default_duplicate_window_ms() -> u64 {
+    600_000
 }
 
 fn default_lock_duration_ms() -> u64 {

@@ -9,13 +9,28 @@ use serde_json::Value;
 
 /// Emulator properties that Ferrobus does not apply yet, with the value that means "off".
 const NOT_YET: &[(&str, Option<&str>)] = &[
-    ("DeadLetteringOnMessageExpiration", Some("false")),
-    ("DefaultMessageTimeToLive", None),
-    ("DuplicateDetectionHistoryTimeWindow", None),
     ("ForwardDeadLetteredMessagesTo", Some("\"\"")),
     ("ForwardTo", Some("\"\"")),
-    ("RequiresDuplicateDetection", Some("false")),
     ("RequiresSession", Some("false")),
+];
+
+/// Emulator queue properties that map onto our queue keys: duration ones (ISO-8601, to ms).
+const DURATIONS: &[(&str, &str)] = &[
+    ("LockDuration", "lock_duration_ms"),
+    ("DefaultMessageTimeToLive", "default_message_ttl_ms"),
+    (
+        "DuplicateDetectionHistoryTimeWindow",
+        "duplicate_detection_window_ms",
+    ),
+];
+
+/// Emulator queue properties that map onto our queue keys: booleans.
+const FLAGS: &[(&str, &str)] = &[
+    (
+        "DeadLetteringOnMessageExpiration",
+        "dead_lettering_on_message_expiration",
+    ),
+    ("RequiresDuplicateDetection", "requires_duplicate_detection"),
 ];
 
 /// Our TOML for an emulator `Config.json`, and the warnings about what it asks for that is
@@ -44,8 +59,7 @@ pub fn to_toml(text: &str) -> anyhow::Result<(String, Vec<String>)> {
             let name = q.get("Name").and_then(Value::as_str).ok_or_else(|| {
                 anyhow::anyhow!("Config.json: Namespaces[{n}].Queues[{i}].Name is missing")
             })?;
-            let mut max_delivery = None;
-            let mut lock_ms = None;
+            let mut keys: Vec<String> = Vec::new();
             if let Some(props) = q.get("Properties").and_then(Value::as_object) {
                 for (key, value) in props {
                     let item = format!("queue '{name}': property {key}");
@@ -56,8 +70,8 @@ pub fn to_toml(text: &str) -> anyhow::Result<(String, Vec<String>)> {
                             .ok_or_else(|| {
                                 anyhow::anyhow!("Config.json: {item} must be a positive integer")
                             })?;
-                        max_delivery = Some(v);
-                    } else if key == "LockDuration" {
+                        keys.push(format!("max_delivery_count = {v}"));
+                    } else if let Some((_, ours)) = DURATIONS.iter().find(|(k, _)| k == key) {
                         let ms = value
                             .as_str()
                             .and_then(iso_duration_ms)
@@ -65,7 +79,12 @@ pub fn to_toml(text: &str) -> anyhow::Result<(String, Vec<String>)> {
                             .ok_or_else(|| {
                                 anyhow::anyhow!("Config.json: {item} must be an ISO-8601 duration of at least 1 s, like PT1M")
                             })?;
-                        lock_ms = Some(ms);
+                        keys.push(format!("{ours} = {ms}"));
+                    } else if let Some((_, ours)) = FLAGS.iter().find(|(k, _)| k == key) {
+                        let b = value.as_bool().ok_or_else(|| {
+                            anyhow::anyhow!("Config.json: {item} must be true or false")
+                        })?;
+                        keys.push(format!("{ours} = {b}"));
                     } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
                         if off.is_none_or(|off| *value.to_string() != *off) {
                             warnings.push(format!(
@@ -78,11 +97,9 @@ pub fn to_toml(text: &str) -> anyhow::Result<(String, Vec<String>)> {
                 }
             }
             toml.push_str(&format!("[[queues]]\nname = {}\n", toml_string(name)));
-            if let Some(m) = max_delivery {
-                toml.push_str(&format!("max_delivery_count = {m}\n"));
-            }
-            if let Some(ms) = lock_ms {
-                toml.push_str(&format!("lock_duration_ms = {ms}\n"));
+            for k in keys {
+                toml.push_str(&k);
+                toml.push('\n');
             }
             toml.push('\n');
         }
@@ -236,13 +253,15 @@ mod tests {
     fn the_emulator_sample_translates_with_warnings_naming_what_is_ignored() {
         let (toml, warnings) = to_toml(SAMPLE).unwrap();
         assert!(
-            toml.contains("name = \"queue.1\"\nmax_delivery_count = 3\nlock_duration_ms = 60000"),
+            toml.contains("lock_duration_ms = 60000\nmax_delivery_count = 3\n")
+                && toml.contains("default_message_ttl_ms = 3600000")
+                && toml.contains("duplicate_detection_window_ms = 20000")
+                && toml.contains("dead_lettering_on_message_expiration = false"),
             "{toml}"
         );
         assert!(toml.contains("RootManageSharedAccessKey"));
         let all = warnings.join("\n");
         assert!(!all.contains("LockDuration"), "{all}");
-        assert!(all.contains("DefaultMessageTimeToLive"));
         assert!(
             !all.contains("RequiresSession"),
             "off values need no warning: {all}"

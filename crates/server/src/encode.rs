@@ -20,6 +20,8 @@ pub const OWNED_ANNOTATIONS: &[&str] = &[
 /// What the broker says about one message.
 pub struct Stamp<'a> {
     pub seq: u64,
+    /// The effective time to live, for the header.
+    pub ttl_ms: Option<u32>,
     pub enqueued_ms: i64,
     pub state: i32,
     pub locked_until_ms: Option<i64>,
@@ -59,6 +61,9 @@ impl Stamp<'_> {
         let mut header = HeaderFields::from_header(sections.header(payload).ok()?.as_ref());
         header.delivery_count = delivery_count;
         header.first_acquirer = delivery_count == 0;
+        if let Some(ttl) = self.ttl_ms {
+            header.ttl = Some(ttl);
+        }
         let mut out = BytesMut::with_capacity(payload.len() + 128);
         encode_delivery_prefix(
             &mut out,

@@ -143,6 +143,13 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
                 max_delivery_count: q.max_delivery_count,
                 max_size_bytes: q.max_size_mb * 1024 * 1024,
                 lock_duration_ms: q.lock_duration_ms,
+                default_ttl_ms: q.default_message_ttl_ms,
+                dead_letter_on_expiration: q.dead_lettering_on_message_expiration,
+                duplicate_detection_ms: if q.requires_duplicate_detection {
+                    q.duplicate_detection_window_ms.max(1)
+                } else {
+                    0
+                },
             };
             (q.name.clone(), qc)
         })

@@ -227,6 +227,7 @@ impl Management {
             .filter_map(|p| {
                 let stamp = Stamp {
                     seq: p.message.seq,
+                    ttl_ms: crate::broker::ttl_of(&p.message),
                     enqueued_ms: p.message.enqueued_ms,
                     state: p.state as i32,
                     locked_until_ms: p.locked_until_ms,
@@ -256,6 +257,7 @@ impl Management {
             .filter_map(|d| {
                 let stamp = Stamp {
                     seq: d.message.seq,
+                    ttl_ms: crate::broker::ttl_of(&d.message),
                     enqueued_ms: d.message.enqueued_ms,
                     state: 1,
                     locked_until_ms: d.locked_until_ms,
@@ -314,7 +316,18 @@ impl Management {
             let at = sections
                 .annotation(&payload, SCHEDULED_ENQUEUE_TIME)
                 .and_then(decode_millis);
-            items.push((payload, at));
+            let ttl = sections
+                .header(&payload)
+                .ok()
+                .flatten()
+                .and_then(|h| h.ttl)
+                .filter(|t| *t > 0);
+            items.push(ferrobus_store::NewMessage {
+                payload,
+                scheduled_ms: at,
+                ttl_ms: ttl.map(u64::from),
+                message_id: None,
+            });
         }
         if items.is_empty() {
             return reply(Err(Failure::bad("messages must list at least one message")));

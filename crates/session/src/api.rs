@@ -74,6 +74,8 @@ pub enum OutgoingBody {
         /// Earlier delivery attempts, sent as the header's delivery-count (the rest of the
         /// header is the producer's).
         delivery_count: u32,
+        /// The message's effective time to live, sent as the header's ttl when set.
+        ttl_ms: Option<u32>,
         /// Broker annotations, first in the message annotations.
         annotations: Vec<(&'static str, AnnotationValue)>,
         /// Annotation keys the broker owns: the producer's values for these are dropped.

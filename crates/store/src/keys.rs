@@ -31,6 +31,14 @@ pub fn last_seq_key(id: u64) -> Vec<u8> {
     k
 }
 
+/// Key of a message-id in an entity's duplicate-detection history (`dedup`).
+pub fn dedup_key(id: u64, message_id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + message_id.len());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(message_id);
+    k
+}
+
 /// Range of all entity keys in `meta`.
 pub fn entity_range() -> (Vec<u8>, Vec<u8>) {
     (vec![b'E'], vec![b'F'])
@@ -86,6 +94,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub struct BodyRecord {
     /// Enqueue time, ms since the epoch.
     pub enqueued_ms: i64,
+    /// Expiry time, ms since the epoch (0: never).
+    pub expires_ms: i64,
     /// The producer's bytes.
     pub payload: Bytes,
 }
@@ -93,21 +103,23 @@ pub struct BodyRecord {
 impl BodyRecord {
     /// Encodes the record (version, enqueued time, payload).
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(9 + self.payload.len());
+        let mut b = BytesMut::with_capacity(17 + self.payload.len());
         b.put_u8(VERSION);
         b.put_i64(self.enqueued_ms);
+        b.put_i64(self.expires_ms);
         b.put_slice(&self.payload);
         b.freeze()
     }
 
     /// Decodes a record; the payload is a slice of `v`, not a copy.
     pub fn decode(v: &Bytes) -> Result<Self, StoreError> {
-        if v.len() < 9 || v[0] != VERSION {
+        if v.len() < 17 || v[0] != VERSION {
             return Err(StoreError::Corrupt("body record".into()));
         }
         Ok(BodyRecord {
             enqueued_ms: i64::from_be_bytes(v[1..9].try_into().expect("8 bytes")),
-            payload: v.slice(9..),
+            expires_ms: i64::from_be_bytes(v[9..17].try_into().expect("8 bytes")),
+            payload: v.slice(17..),
         })
     }
 }
@@ -125,6 +137,8 @@ pub struct RefRecord {
     pub dead_letter_description: Option<String>,
     /// When a scheduled message becomes available (ms since the epoch).
     pub scheduled_ms: Option<i64>,
+    /// When the message expires (ms since the epoch), if it has a time to live.
+    pub expires_ms: Option<i64>,
 }
 
 impl RefRecord {
@@ -144,8 +158,11 @@ impl RefRecord {
                 }
             }
         }
-        if let Some(at) = self.scheduled_ms {
-            b.put_i64(at);
+        let flags =
+            u8::from(self.scheduled_ms.is_some()) | u8::from(self.expires_ms.is_some()) << 1;
+        b.put_u8(flags);
+        for v in [self.scheduled_ms, self.expires_ms].into_iter().flatten() {
+            b.put_i64(v);
         }
         b.freeze()
     }
@@ -174,19 +191,28 @@ impl RefRecord {
             }
         }
         let [dead_letter_reason, dead_letter_description] = strings;
-        let scheduled_ms = match v.get(pos..) {
-            Some([]) | None => None,
-            Some(rest) if rest.len() == 8 => {
-                Some(i64::from_be_bytes(rest.try_into().expect("8 bytes")))
+        let flags = *v.get(pos).ok_or_else(bad)?;
+        pos += 1;
+        let mut next = |present: bool| -> Result<Option<i64>, StoreError> {
+            if !present {
+                return Ok(None);
             }
-            Some(_) => return Err(bad()),
+            let b = v.get(pos..pos + 8).ok_or_else(bad)?;
+            pos += 8;
+            Ok(Some(i64::from_be_bytes(b.try_into().expect("8 bytes"))))
         };
+        let scheduled_ms = next(flags & 1 != 0)?;
+        let expires_ms = next(flags & 2 != 0)?;
+        if pos != v.len() {
+            return Err(bad());
+        }
         Ok(RefRecord {
             size,
             delivery_count,
             dead_letter_reason,
             dead_letter_description,
             scheduled_ms,
+            expires_ms,
         })
     }
 }
@@ -240,15 +266,21 @@ mod tests {
             dead_letter_reason: Some("MaxDeliveryCountExceeded".into()),
             dead_letter_description: None,
             scheduled_ms: Some(1_800_000_000_000),
+            expires_ms: Some(1_900_000_000_000),
         };
+        assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
+        let plain = RefRecord::default();
+        assert_eq!(RefRecord::decode(&plain.encode()).unwrap(), plain);
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
         let b = BodyRecord {
             enqueued_ms: 1234,
+            expires_ms: 5678,
             payload: Bytes::from_static(b"xyz"),
         };
         assert_eq!(BodyRecord::decode(&b.encode()).unwrap(), b);
         assert!(RefRecord::decode(&[1, 0, 0]).is_err());
         assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 9]).is_err());
+        assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 2, 1]).is_err());
         assert!(BodyRecord::decode(&Bytes::from_static(&[9; 12])).is_err());
     }
 }

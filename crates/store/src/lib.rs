@@ -37,8 +37,33 @@ pub struct Message {
     pub seq: u64,
     /// When the entity accepted it, in milliseconds since the Unix epoch.
     pub enqueued_ms: i64,
+    /// When it expires (its time to live ends), if it does.
+    pub expires_ms: Option<i64>,
     /// The producer's encoded message, exactly as received.
     pub payload: Bytes,
+}
+
+/// A message arriving at an entity.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    /// The producer's encoded message.
+    pub payload: Bytes,
+    /// Not available before this time (ms since the epoch).
+    pub scheduled_ms: Option<i64>,
+    /// Time to live in ms (capped by the entity's default).
+    pub ttl_ms: Option<u64>,
+    /// Its message-id, as bytes that identify it (for duplicate detection).
+    pub message_id: Option<Vec<u8>>,
+}
+
+impl NewMessage {
+    /// Just the payload.
+    pub fn new(payload: Bytes) -> Self {
+        NewMessage {
+            payload,
+            ..Default::default()
+        }
+    }
 }
 
 /// A 16-byte lock token (RFC 4122 byte order).

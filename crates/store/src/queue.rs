@@ -5,6 +5,7 @@
 //! which keeps each message's original sequence number. A consumer registers with a lane and a
 //! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
 
+mod history;
 mod lane;
 mod manage;
 mod schedule;
@@ -19,13 +20,16 @@ use bytes::Bytes;
 
 use crate::keys::{self, BodyRecord, RefRecord};
 use crate::storage::{decode_max, Batch, Cf, Storage};
-use crate::{now_ms, Completion, LockToken, Message, StoreError};
+use crate::{now_ms, Completion, LockToken, Message, NewMessage, StoreError};
 use lane::{Consumer, LaneState};
 
 const LANE_ACTIVE: u8 = b'A';
 const LANE_DEFERRED: u8 = b'D';
 const LANE_DEAD: u8 = b'X';
 const LANE_SCHEDULED: u8 = b'S';
+
+/// The reason given to messages dead-lettered because their time to live ended.
+pub const TTL_EXPIRED: &str = "TTLExpiredException";
 
 /// The reason given to messages dead-lettered for too many deliveries.
 pub const MAX_DELIVERY_COUNT_EXCEEDED: &str = "MaxDeliveryCountExceeded";
@@ -113,6 +117,15 @@ pub struct QueueConfig {
     pub max_size_bytes: u64,
     /// How long a peek-lock lasts (`LockDuration`), in milliseconds.
     pub lock_duration_ms: u64,
+    /// Time to live of messages that set none, and the cap on those that do
+    /// (`DefaultMessageTimeToLive`), in milliseconds; 0: none.
+    pub default_ttl_ms: u64,
+    /// Expired messages go to the dead-letter sub-queue instead of being dropped
+    /// (`DeadLetteringOnMessageExpiration`).
+    pub dead_letter_on_expiration: bool,
+    /// Duplicate-detection window in milliseconds (`RequiresDuplicateDetection` with
+    /// `DuplicateDetectionHistoryTimeWindow`); 0: off.
+    pub duplicate_detection_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -121,6 +134,9 @@ impl Default for QueueConfig {
             max_delivery_count: 10,
             max_size_bytes: 1024 * 1024 * 1024,
             lock_duration_ms: 60_000,
+            default_ttl_ms: 0,
+            dead_letter_on_expiration: false,
+            duplicate_detection_ms: 0,
         }
     }
 }
@@ -158,6 +174,7 @@ impl Entry {
             dead_letter_reason: self.dead_letter_reason.clone(),
             dead_letter_description: self.dead_letter_description.clone(),
             scheduled_ms: None,
+            expires_ms: self.msg.expires_ms,
         }
     }
 }
@@ -181,6 +198,10 @@ struct State {
     dead: LaneState,
     deferred: BTreeMap<u64, Entry>,
     locks: HashMap<LockToken, Locked>,
+    /// Available main-lane messages that expire, by expiry time.
+    expiring: BTreeSet<(i64, u64)>,
+    /// Message-ids seen, for duplicate detection.
+    dedup: history::History,
     /// Scheduled messages by sequence number, with their due time (ms).
     scheduled: BTreeMap<u64, (Entry, i64)>,
     /// Scheduled messages by due time.
@@ -216,6 +237,8 @@ impl Queue {
             deferred: BTreeMap::new(),
             locks: HashMap::new(),
             scheduled: BTreeMap::new(),
+            expiring: BTreeSet::new(),
+            dedup: history::History::default(),
             due: BTreeSet::new(),
             expiries: BTreeSet::new(),
             bytes: 0,
@@ -235,7 +258,12 @@ impl Queue {
             st.bytes += r.size as u64;
             st.next_seq = st.next_seq.max(seq + 1);
             match lane {
-                LANE_ACTIVE => st.main.push_spilled(seq),
+                LANE_ACTIVE => {
+                    st.main.push_spilled(seq);
+                    if let Some(at) = r.expires_ms {
+                        st.expiring.insert((at, seq));
+                    }
+                }
                 LANE_DEAD => st.dead.push_spilled(seq),
                 LANE_DEFERRED => deferred.push(seq),
                 LANE_SCHEDULED => scheduled.push((seq, r.scheduled_ms.unwrap_or(0))),
@@ -253,6 +281,28 @@ impl Queue {
         {
             st.due.insert((at, e.msg.seq));
             st.scheduled.insert(e.msg.seq, (e, at));
+        }
+        // the duplicate-detection history: ids still in their window come back, older go
+        let mut stale = Batch::default();
+        if config.duplicate_detection_ms > 0 {
+            let now = now_ms();
+            let mut ids = Vec::new();
+            storage.for_each(Cf::Dedup, &lo, &hi, &mut |k, v| {
+                let at = <[u8; 8]>::try_from(v).map(i64::from_be_bytes).unwrap_or(0);
+                if now - at < config.duplicate_detection_ms as i64 {
+                    ids.push((at, k[8..].to_vec()));
+                } else {
+                    stale.delete(Cf::Dedup, k.to_vec());
+                }
+                Ok(())
+            })?;
+            ids.sort();
+            for (at, id) in ids {
+                st.dedup.record(id, at);
+            }
+        }
+        if !stale.is_empty() {
+            storage.write(stale, Box::new(|_| {}));
         }
         Ok(Arc::new(Queue {
             name: name.to_string(),
@@ -281,23 +331,23 @@ impl Queue {
     /// Stores `payloads` atomically, in order, and makes them available once committed;
     /// `done` gets their sequence numbers.
     pub fn enqueue(self: &Arc<Self>, payloads: Vec<Bytes>, done: Completion<Vec<u64>>) {
-        self.enqueue_at(payloads.into_iter().map(|p| (p, None)).collect(), done);
+        self.enqueue_at(payloads.into_iter().map(NewMessage::new).collect(), done);
     }
 
-    /// Like [`Queue::enqueue`], each message with an optional time (ms since the epoch) before
-    /// which it is scheduled, not available.
-    pub fn enqueue_at(
-        self: &Arc<Self>,
-        items: Vec<(Bytes, Option<i64>)>,
-        done: Completion<Vec<u64>>,
-    ) {
-        let size: u64 = items.iter().map(|(p, _)| p.len() as u64).sum();
+    /// Stores messages atomically, in order: each becomes available once committed, or at its
+    /// scheduled time. With duplicate detection on, a message whose message-id was seen within
+    /// the window is dropped (and still reported as stored: that is what Service Bus does).
+    /// `done` gets the sequence numbers of the messages kept.
+    pub fn enqueue_at(self: &Arc<Self>, items: Vec<NewMessage>, done: Completion<Vec<u64>>) {
         let now = now_ms();
         let mut batch = Batch::default();
+        let mut size = 0u64;
         let entries: Vec<(Entry, Option<i64>)> = {
-            let mut st = self.lock();
-            if st.bytes + size > self.config.max_size_bytes {
-                drop(st);
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let incoming: u64 = items.iter().map(|m| m.payload.len() as u64).sum();
+            if st.bytes + incoming > self.config.max_size_bytes {
+                drop(guard);
                 return done(Err(StoreError::Full(format!(
                     "queue '{}' holds {} of {} bytes",
                     self.name,
@@ -305,48 +355,73 @@ impl Queue {
                     self.config.max_size_bytes
                 ))));
             }
-            st.bytes += size;
-            items
-                .into_iter()
-                .map(|(payload, at)| {
-                    let at = at.filter(|at| *at > now);
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    let body = BodyRecord {
+            let mut out = Vec::with_capacity(items.len());
+            for m in items {
+                if self.config.duplicate_detection_ms > 0 {
+                    if let Some(id) = &m.message_id {
+                        if st.dedup.seen(id, now, self.config.duplicate_detection_ms) {
+                            continue;
+                        }
+                        st.dedup.record(id.clone(), now);
+                        batch.put(
+                            Cf::Dedup,
+                            keys::dedup_key(self.id, id),
+                            Bytes::copy_from_slice(&now.to_be_bytes()),
+                        );
+                    }
+                }
+                let at = m.scheduled_ms.filter(|at| *at > now);
+                let ttl = match (m.ttl_ms, self.config.default_ttl_ms) {
+                    (Some(t), 0) => Some(t),
+                    (Some(t), d) => Some(t.min(d)),
+                    (None, 0) => None,
+                    (None, d) => Some(d),
+                };
+                // a scheduled message lives from its scheduled time
+                let expires = ttl.map(|t| {
+                    at.unwrap_or(now)
+                        .saturating_add(t.min(i64::MAX as u64) as i64)
+                });
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                size += m.payload.len() as u64;
+                let body = BodyRecord {
+                    enqueued_ms: now,
+                    expires_ms: expires.unwrap_or(0),
+                    payload: m.payload,
+                };
+                batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
+                let r = RefRecord {
+                    size: body.payload.len() as u32,
+                    scheduled_ms: at,
+                    expires_ms: expires,
+                    ..Default::default()
+                };
+                let lane = if at.is_some() {
+                    LANE_SCHEDULED
+                } else {
+                    LANE_ACTIVE
+                };
+                batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
+                let e = Entry {
+                    msg: Arc::new(Message {
+                        seq,
                         enqueued_ms: now,
-                        payload,
-                    };
-                    batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
-                    let r = RefRecord {
-                        size: body.payload.len() as u32,
-                        scheduled_ms: at,
-                        ..Default::default()
-                    };
-                    let lane = if at.is_some() {
-                        LANE_SCHEDULED
-                    } else {
-                        LANE_ACTIVE
-                    };
-                    batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
-                    let e = Entry {
-                        msg: Arc::new(Message {
-                            seq,
-                            enqueued_ms: now,
-                            payload: body.payload,
-                        }),
-                        delivery_count: 0,
-                        dead_letter_reason: None,
-                        dead_letter_description: None,
-                    };
-                    (e, at)
-                })
-                .collect()
+                        expires_ms: expires,
+                        payload: body.payload,
+                    }),
+                    delivery_count: 0,
+                    dead_letter_reason: None,
+                    dead_letter_description: None,
+                };
+                out.push((e, at));
+            }
+            st.bytes += size;
+            out
         };
-        batch.max(
-            Cf::Meta,
-            keys::last_seq_key(self.id),
-            entries.last().map_or(0, |(e, _)| e.msg.seq),
-        );
+        if let Some((e, _)) = entries.last() {
+            batch.max(Cf::Meta, keys::last_seq_key(self.id), e.msg.seq);
+        }
         let me = self.clone();
         self.storage.write(
             batch,
@@ -375,6 +450,9 @@ impl Queue {
             let st = &mut *st;
             let ls = lane_mut(&mut st.main, &mut st.dead, lane);
             for e in entries {
+                if let (Lane::Main, Some(at)) = (lane, e.msg.expires_ms) {
+                    st.expiring.insert((at, e.msg.seq));
+                }
                 ls.push(e, fresh);
             }
             self.dispatch(st, lane, &mut pending);
@@ -415,10 +493,13 @@ impl Queue {
             dead,
             locks,
             expiries,
+            expiring,
             bytes,
             ..
         } = st;
-        let lock_until = now_ms() + self.config.lock_duration_ms as i64;
+        let now = now_ms();
+        let lock_until = now + self.config.lock_duration_ms as i64;
+        let mut expired = Vec::new();
         let ls = lane_mut(main, dead, lane);
         let load =
             |seqs: &[u64]| load_entries(self.storage.as_ref(), self.id, lane.key_byte(), seqs);
@@ -432,6 +513,15 @@ impl Queue {
                 }
             };
             let seq = entry.msg.seq;
+            // time to live applies in the queue, never in its dead-letter sub-queue
+            if let (Lane::Main, Some(at)) = (lane, entry.msg.expires_ms) {
+                expiring.remove(&(at, seq));
+                if at <= now {
+                    // an expired message is never delivered
+                    expired.push(entry);
+                    continue;
+                }
+            }
             let i = ls.next_consumer().expect("dispatchable");
             let c = &mut ls.consumers[i];
             c.credit -= 1;
@@ -481,6 +571,74 @@ impl Queue {
             }
             c.sink.deliver(d);
         }
+        for e in expired {
+            self.expire(e, dead, bytes, pending);
+        }
+    }
+
+    /// What happens to an available message whose time to live ended: it goes to the
+    /// dead-letter sub-queue (`TTLExpiredException`) or away. The writes join `pending`.
+    fn expire(&self, mut entry: Entry, dead: &mut LaneState, bytes: &mut u64, pending: &mut Batch) {
+        let seq = entry.msg.seq;
+        let active = keys::ref_key(self.id, LANE_ACTIVE, seq);
+        if self.config.dead_letter_on_expiration {
+            entry.dead_letter_reason = Some(TTL_EXPIRED.into());
+            entry.dead_letter_description = Some("the message's time to live expired".into());
+            pending.delete(Cf::Ref, active);
+            pending.put(
+                Cf::Ref,
+                keys::ref_key(self.id, LANE_DEAD, seq),
+                entry.ref_record().encode(),
+            );
+            dead.push(entry, false);
+        } else {
+            *bytes -= entry.msg.payload.len() as u64;
+            pending.delete(Cf::Body, keys::body_key(self.id, seq));
+            pending.delete(Cf::Ref, active);
+        }
+    }
+
+    /// Expires every available message whose time to live ended by `now` (ms), and forgets
+    /// message-ids older than the duplicate-detection window.
+    pub fn expire_messages(&self, now: i64) {
+        let mut pending = Batch::default();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut on_disk = Vec::new();
+        let mut expired = Vec::new();
+        while let Some(&(at, seq)) = st.expiring.first() {
+            if at > now {
+                break;
+            }
+            st.expiring.pop_first();
+            match st.main.take(seq) {
+                Some(Some(e)) => expired.push(e),
+                Some(None) => on_disk.push(seq),
+                None => {}
+            }
+        }
+        match load_entries(self.storage.as_ref(), self.id, LANE_ACTIVE, &on_disk) {
+            Ok(es) => expired.extend(es),
+            Err(e) => {
+                tracing::warn!(queue = %self.name, error = %e, "reading expired messages failed");
+                for s in on_disk {
+                    st.main.push_spilled(s);
+                }
+            }
+        }
+        let moved = !expired.is_empty() && self.config.dead_letter_on_expiration;
+        for e in expired {
+            self.expire(e, &mut st.dead, &mut st.bytes, &mut pending);
+        }
+        if moved {
+            self.dispatch(st, Lane::DeadLetter, &mut pending);
+        }
+        if self.config.duplicate_detection_ms > 0 {
+            for id in st.dedup.prune(now, self.config.duplicate_detection_ms) {
+                pending.delete(Cf::Dedup, keys::dedup_key(self.id, &id));
+            }
+        }
+        self.write_in_background(pending);
     }
 
     /// Writes what dispatch recorded (delivery counts, receive-and-delete removals) without
@@ -852,6 +1010,7 @@ fn load_entries(
             msg: Arc::new(Message {
                 seq: *seq,
                 enqueued_ms: b.enqueued_ms,
+                expires_ms: (b.expires_ms != 0).then_some(b.expires_ms),
                 payload: b.payload,
             }),
             delivery_count: r.delivery_count,

@@ -119,6 +119,56 @@ fn transfer(handle: u32, id: u32, tag: Vec<u8>) -> Transfer {
     }
 }
 
+#[test]
+fn string_keys_in_fields_are_read_as_symbols() {
+    use fe2o3_amqp_types::messaging::{DeliveryState, Rejected};
+    // what the Service Bus JS SDK sends to dead-letter: error info keyed by str8
+    let mut body = vec![0x00, 0x53, 0x15, 0xc0, 0x00, 0x05, 0x41, 0x43, 0x40, 0x41];
+    let mut state = vec![0x00, 0x53, 0x25, 0xc0, 0x00, 0x01];
+    let mut err = vec![0x00, 0x53, 0x1d, 0xc0, 0x00, 0x03];
+    let cond = {
+        let mut c = vec![0xa3, 25];
+        c.extend_from_slice(b"com.microsoft:dead-letter");
+        c
+    };
+    let mut info = vec![0xc1, 0x00, 0x02];
+    info.extend_from_slice(&[0xa1, 16]);
+    info.extend_from_slice(b"DeadLetterReason");
+    info.extend_from_slice(&[0xa1, 3]);
+    info.extend_from_slice(b"why");
+    info[1] = (info.len() - 2) as u8;
+    err.extend_from_slice(&cond);
+    err.push(0x40);
+    err.extend_from_slice(&info);
+    err[4] = (err.len() - 5) as u8;
+    state.extend_from_slice(&err);
+    state[4] = (state.len() - 5) as u8;
+    body.extend_from_slice(&state);
+    body[4] = (body.len() - 5) as u8;
+    let mut frame = BytesMut::new();
+    frame.put_slice(&((8 + body.len()) as u32).to_be_bytes());
+    frame.put_slice(&[2, 0, 0, 1]);
+    frame.put_slice(&body);
+    let f = decode_frame(&mut frame, 4096, FrameKind::Amqp)
+        .unwrap()
+        .unwrap();
+    let Frame::Amqp {
+        body: Some(Performative::Disposition(d)),
+        ..
+    } = f
+    else {
+        panic!("not a disposition")
+    };
+    let Some(DeliveryState::Rejected(Rejected { error: Some(e) })) = d.state else {
+        panic!("not rejected")
+    };
+    let info = e.info.unwrap();
+    assert_eq!(
+        info.iter().next().map(|(k, _)| k.as_str()),
+        Some("DeadLetterReason")
+    );
+}
+
 proptest! {
     #[test]
     fn transfers_split_to_max_frame_size_and_reassemble(

@@ -213,6 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             OutgoingBody::Stored {
                 payload,
                 delivery_count,
+                ttl_ms,
                 annotations,
                 owned,
             } => {
@@ -224,6 +225,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             let mut header = HeaderFields::from_header(h.as_ref());
                             header.delivery_count = *delivery_count;
                             header.first_acquirer = *delivery_count == 0;
+                            if ttl_ms.is_some() {
+                                header.ttl = *ttl_ms;
+                            }
                             header
                         })
                         .and_then(|header| {

@@ -84,6 +84,18 @@ impl LaneState {
         }))
     }
 
+    /// Takes message `seq` out of the lane: `Some(Some(entry))` from the window,
+    /// `Some(None)` if it was only on disk, `None` if it is not available.
+    pub fn take(&mut self, seq: u64) -> Option<Option<Entry>> {
+        if let Some(e) = self.window.remove(&seq) {
+            self.window_bytes -= e.msg.payload.len();
+            return Some(Some(e));
+        }
+        let pos = self.spilled.binary_search(&seq).ok()?;
+        self.spilled.remove(pos);
+        Some(None)
+    }
+
     /// Messages in the window from sequence number `from`, in order.
     pub fn window_from(&self, from: u64) -> impl Iterator<Item = &Entry> {
         self.window.range(from..).map(|(_, e)| e)
@@ -122,6 +134,7 @@ mod tests {
             msg: Arc::new(Message {
                 seq,
                 enqueued_ms: 0,
+                expires_ms: None,
                 payload: Bytes::from_static(b"x"),
             }),
             delivery_count: 0,
