@@ -20,6 +20,7 @@ use ferrobus_store::{
     StoreError,
 };
 
+use crate::cbs::Grants;
 use crate::config::KeyRule;
 use crate::encode::{Stamp, OWNED_ANNOTATIONS};
 use crate::errors::{condition, store_error};
@@ -38,6 +39,10 @@ pub struct Broker {
     pub replies: Arc<ReplyLinks>,
     /// The `$cbs` node.
     pub cbs: Arc<dyn Node>,
+    /// Entity links need a covering token or a PLAIN login (`auth.require`).
+    pub require_auth: bool,
+    /// What each connection's tokens cover (written by `$cbs`).
+    pub grants: Grants,
 }
 
 impl Router for Broker {
@@ -79,6 +84,13 @@ impl Router for Broker {
         {
             if n.eq_ignore_ascii_case(self.cbs.name()) {
                 return Ok(self.attach_node(&req, self.cbs.clone(), peer_sends));
+            }
+            if self.require_auth && req.user.is_none() && !self.covered(req.connection, n) {
+                self.metrics.auth_failures.inc();
+                return Err(refuse(
+                    AmqpError::UnauthorizedAccess,
+                    format!("no token covering '{n}' was put on $cbs for this connection"),
+                ));
             }
             let lower = n.trim_matches('/').to_ascii_lowercase();
             if let Some(entity) = lower.strip_suffix(MANAGEMENT_SUFFIX) {
@@ -147,7 +159,11 @@ impl Router for Broker {
         self.metrics.connections.inc();
     }
 
-    fn connection_closed(&self) {
+    fn connection_closed(&self, connection: u64) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&connection);
         self.metrics.connections.dec();
     }
 
@@ -189,6 +205,18 @@ impl Broker {
                 req.outbox.clone(),
             )))
         }
+    }
+
+    /// True if a token put on this connection covers `address` (its path, any case): the
+    /// token's path is the address or a parent of it.
+    fn covered(&self, connection: u64, address: &str) -> bool {
+        let path = address.trim_matches('/').to_ascii_lowercase();
+        let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        grants.get(&connection).is_some_and(|scopes| {
+            scopes
+                .iter()
+                .any(|s| s.is_empty() || path == *s || path.starts_with(&format!("{s}/")))
+        })
     }
 
     /// Ends the locks that expired by now and releases scheduled messages that are due, in

@@ -7,12 +7,18 @@ use std::sync::Arc;
 use ferrobus_codec::types::primitives::{SimpleValue, Value};
 
 use crate::config::KeyRule;
+
+/// Per connection: the entity paths (lower case, no scheme or host) its tokens cover; an
+/// empty path covers the whole namespace.
+pub type Grants = Arc<std::sync::Mutex<std::collections::HashMap<u64, Vec<String>>>>;
 use crate::nodes::{response, Node, Request, Respond};
 use crate::sas;
 
 /// The `$cbs` node.
 pub struct Cbs {
     pub keys: Arc<Vec<KeyRule>>,
+    /// What each connection's valid tokens cover.
+    pub grants: Grants,
     pub metrics: Arc<ferrobus_metrics::Metrics>,
 }
 
@@ -60,6 +66,15 @@ impl Cbs {
         match sas::validate(token, &self.keys, now) {
             Ok(g) => {
                 tracing::debug!(resource = %g.resource, key = %g.key_name, "token accepted");
+                let scope = ferrobus_store::registry::strip_authority(&g.resource)
+                    .trim_matches('/')
+                    .to_ascii_lowercase();
+                self.grants
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(req.connection)
+                    .or_default()
+                    .push(scope);
                 (200, "OK".into())
             }
             Err(why) => {

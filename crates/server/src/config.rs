@@ -101,6 +101,9 @@ impl Default for AmqpConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Links to entities need a CBS token or PLAIN key-rule login that covers them. Off is
+    /// only allowed while every AMQP listener is on a loopback address.
+    pub require: bool,
     /// Key rules; SASL PLAIN logs in with a rule's name and key.
     pub keys: Vec<KeyRule>,
 }
@@ -311,6 +314,22 @@ impl Config {
                 self.storage.kind
             );
         }
+        if !self.auth.require {
+            let mut listeners = vec![("server.amqp_listen", &self.server.amqp_listen)];
+            if self.tls.cert.is_some() {
+                listeners.push(("tls.amqps_listen", &self.tls.amqps_listen));
+            }
+            for (key, addr) in listeners {
+                if !is_loopback(addr) {
+                    anyhow::bail!(
+                        "configuration: {key} = {addr:?} is not a loopback address, and auth.require is false: \
+                         anyone who can reach it could use every entity without credentials. \
+                         Set auth.require = true (clients then need a SAS token or PLAIN key-rule login), \
+                         or listen on 127.0.0.1"
+                    );
+                }
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             anyhow::bail!("configuration: tls.cert and tls.key must be set together");
         }
@@ -345,6 +364,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True for `127.0.0.0/8`, `::1` and `localhost` addresses (the port does not matter).
+fn is_loopback(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Removes secret values from a configuration error. A parse error quotes the offending
@@ -425,6 +456,22 @@ mod tests {
             let e = Config::load(Some(p.to_str().unwrap()), &Overrides::default()).unwrap_err();
             assert!(!format!("{e:#}").contains("TopSecret"), "{e:#}");
         }
+    }
+
+    #[test]
+    fn open_access_is_refused_off_loopback() {
+        assert!(
+            is_loopback("127.0.0.1:5672")
+                && is_loopback("[::1]:5672")
+                && is_loopback("localhost:1")
+        );
+        assert!(!is_loopback("0.0.0.0:5672") && !is_loopback("10.1.2.3:5672"));
+        let o = Overrides {
+            amqp_listen: Some("0.0.0.0:5672".into()),
+            ..Default::default()
+        };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(e.contains("auth.require"), "{e}");
     }
 
     #[test]

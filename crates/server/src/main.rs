@@ -156,6 +156,7 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
         .collect();
     let entities = Entities::open(storage, &queues).context("opening the entities")?;
     let keys = Arc::new(cfg.auth.keys);
+    let grants = cbs::Grants::default();
     let broker = Arc::new(broker::Broker {
         entities,
         keys: keys.clone(),
@@ -163,8 +164,11 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
         replies: Arc::default(),
         cbs: Arc::new(cbs::Cbs {
             keys,
+            grants: grants.clone(),
             metrics: metrics.clone(),
         }),
+        require_auth: cfg.auth.require,
+        grants,
     });
     let engine = Arc::new(EngineConfig {
         container_id: "ferrobus".into(),

@@ -19,6 +19,8 @@ use ferrobus_session::{Event, IncomingLink, Outbox, OutgoingBody, OutgoingDelive
 
 /// A decoded request.
 pub struct Request {
+    /// The connection the request came on.
+    pub connection: u64,
     pub message_id: Option<MessageId>,
     pub reply_to: Option<String>,
     pub app: HashMap<String, Value>,
@@ -51,6 +53,7 @@ impl Request {
         };
         let (message_id, reply_to) = props.map_or((None, None), |p| (p.message_id, p.reply_to));
         Some(Request {
+            connection: 0,
             message_id,
             reply_to,
             app,
@@ -255,7 +258,7 @@ pub struct RequestLink {
 impl IncomingLink for RequestLink {
     fn message(&mut self, delivery_id: u32, _settled: bool, _format: u32, payload: Bytes) {
         let accepted = DeliveryState::Accepted(Accepted {});
-        let Some(req) = Request::decode(&payload) else {
+        let Some(mut req) = Request::decode(&payload) else {
             let err = ferrobus_codec::types::definitions::Error::new(
                 ferrobus_codec::types::definitions::AmqpError::DecodeError,
                 Some(format!(
@@ -271,6 +274,7 @@ impl IncomingLink for RequestLink {
                 .send(|l| Event::Published(l, delivery_id, state));
             return;
         };
+        req.connection = self.key.0;
         match self
             .replies
             .find(self.key, self.node.name(), req.reply_to.as_deref())

@@ -149,8 +149,8 @@ pub trait Router: Send + Sync + 'static {
 
     /// Connection-level notifications for metrics; the default ignores them.
     fn connection_opened(&self) {}
-    /// See [`Router::connection_opened`].
-    fn connection_closed(&self) {}
+    /// See [`Router::connection_opened`]; `connection` is the id links were attached with.
+    fn connection_closed(&self, _connection: u64) {}
     /// A session began (metrics).
     fn session_begun(&self) {}
     /// A session ended (metrics).

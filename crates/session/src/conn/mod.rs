@@ -161,7 +161,7 @@ pub async fn serve<S>(
     for _ in conn.sessions.drain() {
         router.session_ended();
     }
-    router.connection_closed();
+    router.connection_closed(conn.id);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
