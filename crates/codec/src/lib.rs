@@ -19,6 +19,20 @@ pub mod value;
 pub use fe2o3_amqp_types as types;
 pub use serde_amqp;
 
+/// An AMQP error with a description and an empty `info` map. The map is sent on purpose: an
+/// encoder omits trailing null fields, and some clients (the Python Service Bus SDK) index the
+/// error's fields by position and fail on a shorter list.
+pub fn error(
+    condition: impl Into<types::definitions::ErrorCondition>,
+    description: impl Into<String>,
+) -> types::definitions::Error {
+    types::definitions::Error::new(
+        condition,
+        Some(description.into()),
+        Some(Default::default()),
+    )
+}
+
 /// What can be wrong with bytes that claim to be AMQP.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

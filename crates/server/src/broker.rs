@@ -251,7 +251,7 @@ impl EntitySource for Broker {
 }
 
 fn refuse(c: impl Into<ErrorCondition>, text: String) -> Refusal {
-    Refusal(Error::new(c, Some(text), None))
+    Refusal(ferrobus_codec::error(c, text))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -314,7 +314,7 @@ const BATCH_FORMAT: u32 = 0x8001_3700;
 /// with what the queue needs to know of each: its scheduled time, its time to live, and (when
 /// the queue detects duplicates) its message-id.
 fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>, Error> {
-    let decode_error = |what: String| Error::new(AmqpError::DecodeError, Some(what), None);
+    let decode_error = |what: String| ferrobus_codec::error(AmqpError::DecodeError, what);
     let scheduled = |p: &Bytes| -> Result<NewMessage, Error> {
         let s = Sections::scan(p).map_err(|e| decode_error(format!("malformed message: {e}")))?;
         let header = s
@@ -345,10 +345,9 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
                 .map(|m| scheduled(&payload.slice_ref(m)))
                 .collect()
         }
-        other => Err(Error::new(
+        other => Err(ferrobus_codec::error(
             AmqpError::NotImplemented,
-            Some(format!("message-format {other:#x} is not supported")),
-            None,
+            format!("message-format {other:#x} is not supported"),
         )),
     }
 }

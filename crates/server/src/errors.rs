@@ -18,7 +18,7 @@ pub fn store_error(e: &StoreError) -> Error {
         StoreError::Full(_) => AmqpError::ResourceLimitExceeded.into(),
         StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
     };
-    Error::new(condition, Some(e.to_string()), None)
+    ferrobus_codec::error(condition, e.to_string())
 }
 
 /// The symbol text of a condition.

@@ -259,13 +259,9 @@ impl IncomingLink for RequestLink {
     fn message(&mut self, delivery_id: u32, _settled: bool, _format: u32, payload: Bytes) {
         let accepted = DeliveryState::Accepted(Accepted {});
         let Some(mut req) = Request::decode(&payload) else {
-            let err = ferrobus_codec::types::definitions::Error::new(
+            let err = ferrobus_codec::error(
                 ferrobus_codec::types::definitions::AmqpError::DecodeError,
-                Some(format!(
-                    "{} request is not a decodable message",
-                    self.node.name()
-                )),
-                None,
+                format!("{} request is not a decodable message", self.node.name()),
             );
             let state = DeliveryState::Rejected(ferrobus_codec::types::messaging::Rejected {
                 error: Some(err),

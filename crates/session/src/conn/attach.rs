@@ -44,6 +44,8 @@ pub(crate) struct Partial {
     pub settled: bool,
     pub message_format: u32,
     pub buf: BytesMut,
+    /// Bytes received so far (the buffer is dropped once the message is too large).
+    pub size: u64,
 }
 
 /// A link we send on.

@@ -54,7 +54,7 @@ pub(crate) fn error(
     condition: impl Into<ferrobus_codec::types::definitions::ErrorCondition>,
     text: impl Into<String>,
 ) -> Error {
-    Error::new(condition, Some(text.into()), None)
+    ferrobus_codec::error(condition, text)
 }
 
 pub(crate) fn close_with(

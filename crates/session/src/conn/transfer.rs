@@ -55,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             LinkKind::In(inl) => inl,
         };
         let mut complete = None;
+        let mut too_large: Option<(u32, bool, u64)> = None;
         let mut fail = None;
         if inl.partial.is_none() {
             // the first frame of a delivery
@@ -84,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             delivery_id: id,
                             settled,
                             message_format: format,
+                            size: payload.len() as u64,
                             buf,
                         });
                     } else {
@@ -95,27 +97,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             inl.partial = None;
         } else {
             let p = inl.partial.as_mut().expect("checked");
-            p.buf.extend_from_slice(&payload);
+            p.size += payload.len() as u64;
+            // past the limit the rest is read and dropped: the delivery is refused, the link stays
+            if p.size <= max_message {
+                p.buf.extend_from_slice(&payload);
+            } else if !p.buf.is_empty() {
+                p.buf = BytesMut::new();
+            }
             p.settled |= t.settled.unwrap_or(false);
             if !t.more {
                 let p = inl.partial.take().expect("checked");
-                complete = Some((p.delivery_id, p.settled, p.message_format, p.buf.freeze()));
-            } else if p.buf.len() as u64 > max_message {
-                fail = Some(error(
-                    LinkError::MessageSizeExceeded,
-                    format!("message larger than max-message-size {max_message}"),
-                ));
+                if p.size > max_message {
+                    too_large = Some((p.delivery_id, p.settled, p.size));
+                } else {
+                    complete = Some((p.delivery_id, p.settled, p.message_format, p.buf.freeze()));
+                }
             }
         }
         if let Some((id, settled, format, payload)) = complete {
             if payload.len() as u64 > max_message {
-                fail = Some(error(
-                    LinkError::MessageSizeExceeded,
-                    format!(
-                        "message of {} bytes is larger than max-message-size {max_message}",
-                        payload.len()
-                    ),
-                ));
+                too_large = Some((id, settled, payload.len() as u64));
             } else {
                 if !settled {
                     inl.unsettled.insert(id);
@@ -124,11 +125,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 inl.ep.message(id, settled, format, payload);
             }
         }
+        if let Some((id, settled, _)) = too_large {
+            // answered like any other outcome, so credit flows as usual
+            if !settled {
+                inl.unsettled.insert(id);
+            }
+            inl.outstanding += 1;
+        }
         if renew_window {
             self.session_flow(channel);
         }
         if let Some(err) = fail {
             self.detach_with_error(link_id, err);
+        }
+        if let Some((id, _, size)) = too_large {
+            let err = error(
+                LinkError::MessageSizeExceeded,
+                format!("a message of {size} bytes is larger than max-message-size {max_message}"),
+            );
+            let state = DeliveryState::Rejected(ferrobus_codec::types::messaging::Rejected {
+                error: Some(err),
+            });
+            self.published(link_id, id, state);
         }
         Ok(())
     }
