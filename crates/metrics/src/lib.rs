@@ -32,6 +32,10 @@ pub struct EntityCounts {
     pub dead_lettered: u64,
     /// Payload bytes held.
     pub bytes: u64,
+    /// Scheduled messages.
+    pub scheduled: u64,
+    /// Messages expired since start.
+    pub expired_total: u64,
 }
 
 /// Something that can list its entities' counts (the broker).
@@ -73,6 +77,9 @@ pub struct Metrics {
     pub commit_requests: Histogram,
     entity_messages: IntGaugeVec,
     entity_bytes: IntGaugeVec,
+    expired: IntCounterVec,
+    /// What the entities last reported as expired, to add only the difference.
+    expired_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Metrics {
@@ -180,8 +187,21 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let expired = IntCounterVec::new(
+            Opts::new(
+                "ferrobus_messages_expired_total",
+                "Messages whose time to live ended (dropped or dead-lettered), per entity.",
+            ),
+            &["entity"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(expired.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
             registry,
+            expired,
+            expired_seen: Default::default(),
             sessions,
             bytes_out,
             end_to_end_seconds,
@@ -204,8 +224,16 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, with entity gauges refreshed.
     pub fn render(&self, entities: &dyn EntitySource) -> String {
         for e in entities.entity_counts() {
+            let mut seen = self.expired_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seen.entry(e.name.clone()).or_default();
+            self.expired
+                .with_label_values(&[e.name.as_str()])
+                .inc_by(e.expired_total.saturating_sub(*last));
+            *last = e.expired_total.max(*last);
+            drop(seen);
             for (state, v) in [
                 ("active", e.active),
+                ("scheduled", e.scheduled),
                 ("locked", e.locked),
                 ("deferred", e.deferred),
                 ("dead_lettered", e.dead_lettered),

@@ -244,6 +244,8 @@ impl EntitySource for Broker {
                     deferred: s.deferred,
                     dead_lettered: s.dead_lettered,
                     bytes: s.bytes,
+                    scheduled: s.scheduled,
+                    expired_total: s.expired_total,
                 }
             })
             .collect()

@@ -152,6 +152,10 @@ pub struct QueueStats {
     pub deferred: u64,
     /// Messages in the dead-letter sub-queue.
     pub dead_lettered: u64,
+    /// Scheduled messages.
+    pub scheduled: u64,
+    /// Messages whose time to live ended since the broker started (dropped or dead-lettered).
+    pub expired_total: u64,
     /// Payload bytes held.
     pub bytes: u64,
     /// Consumer links.
@@ -220,6 +224,8 @@ pub struct Queue {
     storage: Arc<dyn Storage>,
     state: Mutex<State>,
     tokens: LockTokens,
+    /// Messages expired since start (for metrics).
+    expired: AtomicU64,
 }
 
 impl Queue {
@@ -311,6 +317,7 @@ impl Queue {
             storage,
             state: Mutex::new(st),
             tokens: LockTokens::new(id),
+            expired: AtomicU64::new(0),
         }))
     }
 
@@ -579,6 +586,7 @@ impl Queue {
     /// What happens to an available message whose time to live ended: it goes to the
     /// dead-letter sub-queue (`TTLExpiredException`) or away. The writes join `pending`.
     fn expire(&self, mut entry: Entry, dead: &mut LaneState, bytes: &mut u64, pending: &mut Batch) {
+        self.expired.fetch_add(1, Ordering::Relaxed);
         let seq = entry.msg.seq;
         let active = keys::ref_key(self.id, LANE_ACTIVE, seq);
         if self.config.dead_letter_on_expiration {
@@ -862,6 +870,8 @@ impl Queue {
             dead_lettered: (st.dead.len() + locked_dead) as u64,
             bytes: st.bytes,
             consumers: (st.main.consumers.len() + st.dead.consumers.len()) as u64,
+            scheduled: st.scheduled.len() as u64,
+            expired_total: self.expired.load(Ordering::Relaxed),
         }
     }
 

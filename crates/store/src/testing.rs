@@ -503,5 +503,94 @@ macro_rules! store_suite {
             );
             sync_settle(&c, &again[0], Outcome::Complete).unwrap();
         }
+
+        #[test]
+        fn scheduled_messages_wait_survive_a_restart_and_can_be_cancelled() {
+            let _end = $crate::testing::TestGuard;
+            let (s, q) = fresh();
+            let at = $crate::now_ms() + 60_000;
+            let item = |b: &'static [u8]| $crate::NewMessage {
+                scheduled_ms: Some(at),
+                ..$crate::NewMessage::new(bytes::Bytes::from_static(b))
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            q.enqueue_at(
+                vec![item(b"later"), item(b"cancel me")],
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            assert_eq!(rx.recv().unwrap().unwrap(), vec![1, 2]);
+            assert_eq!((q.stats().active, q.stats().scheduled), (0, 2));
+            let (tx, rx) = std::sync::mpsc::channel();
+            q.cancel_scheduled(&[2], Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv().unwrap().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            q.cancel_scheduled(&[7], Box::new(move |r| tx.send(r).unwrap()));
+            assert!(matches!(rx.recv().unwrap(), Err(StoreError::NotFound(_))));
+            barrier(s.as_ref());
+            let _stopped = q;
+            let q = open(&s, QueueConfig::default());
+            assert_eq!((q.stats().active, q.stats().scheduled), (0, 1));
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            q.release_due(at - 1);
+            assert!(r.take().is_empty(), "not before its time");
+            q.release_due(at);
+            barrier(s.as_ref());
+            let d = r.take();
+            assert_eq!(d.len(), 1);
+            assert_eq!(
+                (d[0].message.seq, &d[0].message.payload[..]),
+                (1, &b"later"[..])
+            );
+        }
+
+        #[test]
+        fn expired_messages_are_dropped_or_dead_lettered_and_never_delivered() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            for to_dlq in [false, true] {
+                let q = Queue::open(
+                    if to_dlq { "dlq" } else { "drop" },
+                    if to_dlq { 2 } else { 1 },
+                    QueueConfig {
+                        dead_letter_on_expiration: to_dlq,
+                        ..Default::default()
+                    },
+                    s.clone(),
+                )
+                .unwrap();
+                let msg = |b: &'static [u8], ttl| $crate::NewMessage {
+                    ttl_ms: ttl,
+                    ..$crate::NewMessage::new(bytes::Bytes::from_static(b))
+                };
+                let (tx, rx) = std::sync::mpsc::channel();
+                q.enqueue_at(
+                    vec![msg(b"short", Some(1)), msg(b"long", None)],
+                    Box::new(move |r| tx.send(r).unwrap()),
+                );
+                rx.recv().unwrap().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                let r = Arc::new(Recorder::default());
+                let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+                c.flow(0, 10, false);
+                let got: Vec<u64> = r.take().iter().map(|d| d.message.seq).collect();
+                assert_eq!(got, vec![2], "the expired message must not be delivered");
+                assert_eq!(q.stats().expired_total, 1);
+                assert_eq!(q.stats().dead_lettered, u64::from(to_dlq));
+                if to_dlq {
+                    let dl = Arc::new(Recorder::default());
+                    let cd = q.add_consumer(Lane::DeadLetter, ReceiveMode::PeekLock, dl.clone());
+                    cd.flow(0, 10, false);
+                    let d = dl.take();
+                    assert_eq!(
+                        d.len(),
+                        1,
+                        "TTL does not apply inside the dead-letter sub-queue"
+                    );
+                    assert_eq!(d[0].dead_letter_reason.as_deref(), Some(TTL_EXPIRED));
+                }
+            }
+        }
     };
 }

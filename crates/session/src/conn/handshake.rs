@@ -195,9 +195,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         self.write(0, &Performative::Open(ours));
         self.flush().await?;
-        // frames the peer pipelined after its open are handled by the main loop
-        if self.process_frames()? {
-            self.flush().await?;
+        // frames the peer pipelined after its Open (its Begin, its attaches) are in the buffer
+        // already: handle them and send the answers now, not when the next byte arrives
+        let closed = self.process_frames()?;
+        self.flush_dispositions();
+        self.flush().await?;
+        if closed {
             return Err(Fatal::Eof);
         }
         Ok(())
