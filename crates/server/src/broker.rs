@@ -60,25 +60,13 @@ impl Router for Broker {
     fn attach(&self, req: AttachRequest<'_>) -> Result<Endpoint, Refusal> {
         let a = req.attach;
         let peer_sends = a.role == Role::Sender;
+        // the node the link leads to: the target when the peer sends, the source when it receives
         let address = if peer_sends {
-            a.target.as_deref().and_then(|t| match t {
-                TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
+            target_address(a)
         } else {
             a.source.as_deref().and_then(|s| s.address.clone())
         };
-        let node = if peer_sends {
-            a.target.as_deref().and_then(|t| match t {
-                TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
-        } else {
-            a.source.as_deref().and_then(|s| s.address.clone())
-        };
-        if let Some(n) = node
+        if let Some(n) = address
             .as_deref()
             .map(ferrobus_store::registry::strip_authority)
         {
@@ -193,11 +181,7 @@ impl Broker {
                 outbox: req.outbox.clone(),
             }))
         } else {
-            let target = req.attach.target.as_deref().and_then(|t| match t {
-                TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            });
+            let target = target_address(req.attach);
             Endpoint::Outgoing(Box::new(self.replies.attach(
                 key,
                 node.name(),
@@ -250,6 +234,15 @@ impl EntitySource for Broker {
             })
             .collect()
     }
+}
+
+/// The address of an attach's target, if it has one.
+fn target_address(a: &ferrobus_codec::types::performatives::Attach) -> Option<String> {
+    a.target.as_deref().and_then(|t| match t {
+        TargetArchetype::Target(t) => t.address.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    })
 }
 
 fn refuse(c: impl Into<ErrorCondition>, text: String) -> Refusal {
