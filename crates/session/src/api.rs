@@ -35,11 +35,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The link this outbox belongs to.
-    pub fn link(&self) -> LinkId {
-        self.link
-    }
-
     /// Posts an event for this link. Returns false when the connection is gone.
     ///
     /// The channel is unbounded, but what goes through it is bounded by AMQP flow control:

@@ -963,11 +963,6 @@ impl ConsumerHandle {
         self.queue.settle(Some(self.id), lock, outcome, done);
     }
 
-    /// The queue this consumer reads.
-    pub fn queue(&self) -> &Arc<Queue> {
-        &self.queue
-    }
-
     /// Unregisters the consumer and returns its locked messages.
     pub fn close(mut self) {
         self.closed = true;
