@@ -1,55 +1,75 @@
-//! The run's report: throughput, latency percentiles, group-commit sizes.
+//! The run's report: throughput, latency percentiles, CPU, memory and group-commit sizes,
+//! as text or as one JSON object.
 
 use std::fmt::Write;
-use std::time::Duration;
 
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::idle::IdleReport;
 use crate::metrics::Commits;
 
+#[derive(Default)]
 pub struct Report {
-    sent: u64,
-    send_rate: f64,
-    received: u64,
-    recv_rate: f64,
-    /// (label, ms)
-    latency: Vec<(&'static str, f64)>,
-    commits: Option<Commits>,
+    pub label: Option<String>,
+    pub sent: u64,
+    pub received: u64,
+    /// Messages per second after the warm-up.
+    pub send_rate: f64,
+    pub recv_rate: f64,
+    /// End-to-end latency in microseconds (none for a drain of older messages).
+    pub latency: Option<Histogram<u64>>,
+    /// Broker CPU in cores (CPU seconds per wall second) over the run.
+    pub broker_cores: Option<f64>,
+    pub broker_rss_peak_kib: Option<u64>,
+    pub broker_rss_end_kib: Option<u64>,
+    /// The generator's own CPU per message moved (sent plus received), in microseconds.
+    pub bench_cpu_us_per_msg: Option<f64>,
+    pub commits: Option<Commits>,
+    pub idle: Option<IdleReport>,
 }
 
+const PERCENTILES: [(&str, f64); 5] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("max", 100.0),
+];
+
 impl Report {
-    pub fn new(
-        sent: u64,
-        send_time: Duration,
-        mut lat: Vec<u64>,
-        elapsed: Duration,
-        commits: Option<Commits>,
-    ) -> Self {
-        lat.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-            lat[i] as f64 / 1e6
-        };
-        let latency = vec![
-            ("p50", pct(0.50)),
-            ("p90", pct(0.90)),
-            ("p99", pct(0.99)),
-            ("p99.9", pct(0.999)),
-            ("max", pct(1.0)),
-        ];
-        Report {
-            sent,
-            send_rate: sent as f64 / send_time.as_secs_f64().max(1e-9),
-            received: lat.len() as u64,
-            recv_rate: lat.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-            latency,
-            commits,
-        }
+    fn percentiles_ms(&self) -> Option<Vec<(&'static str, f64)>> {
+        let h = self.latency.as_ref().filter(|h| !h.is_empty())?;
+        Some(
+            PERCENTILES
+                .iter()
+                .map(|(name, p)| {
+                    let us = if *p >= 100.0 {
+                        h.max()
+                    } else {
+                        h.value_at_percentile(*p)
+                    };
+                    (*name, us as f64 / 1000.0)
+                })
+                .collect(),
+        )
     }
 
     pub fn text(&self) -> String {
         let mut s = String::new();
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(s, "idle connections {}", idle.connections);
+            if let (Some(b), Some(a)) = (idle.rss_before_kib, idle.rss_after_kib) {
+                let _ = writeln!(
+                    s,
+                    "broker RSS {:.1} MiB -> {:.1} MiB, {:.1} KiB per connection",
+                    b as f64 / 1024.0,
+                    a as f64 / 1024.0,
+                    idle.per_connection_kib().unwrap_or(0.0)
+                );
+            }
+            return s;
+        }
         let _ = writeln!(
             s,
             "sent      {:>10} msgs  {:>10.0} msg/s",
@@ -60,57 +80,71 @@ impl Report {
             "received  {:>10} msgs  {:>10.0} msg/s",
             self.received, self.recv_rate
         );
-        let lat: Vec<String> = self
-            .latency
-            .iter()
-            .map(|(l, v)| format!("{l} {v:.2}"))
-            .collect();
-        let _ = writeln!(s, "latency ms  {}", lat.join("  "));
-        if let Some(c) = &self.commits {
-            let mean = if c.count > 0 {
-                c.sum / c.count as f64
-            } else {
-                0.0
-            };
+        if let Some(p) = self.percentiles_ms() {
+            let lat: Vec<String> = p.iter().map(|(l, v)| format!("{l} {v:.2}")).collect();
+            let _ = writeln!(s, "latency ms  {}", lat.join("  "));
+        }
+        if let Some(c) = self.broker_cores {
+            let _ = write!(s, "broker CPU {c:.2} cores");
+            if let (Some(p), Some(e)) = (self.broker_rss_peak_kib, self.broker_rss_end_kib) {
+                let _ = write!(
+                    s,
+                    "  RSS peak {:.1} MiB, end {:.1} MiB",
+                    p as f64 / 1024.0,
+                    e as f64 / 1024.0
+                );
+            }
+            let _ = writeln!(s);
+        }
+        if let Some(b) = self.bench_cpu_us_per_msg {
+            let _ = writeln!(s, "generator CPU {b:.1} us per message moved");
+        }
+        if let Some(c) = self.commits.as_ref().filter(|c| c.count > 0) {
             let _ = writeln!(
                 s,
                 "group commits {}  mean requests/commit {:.1}",
-                c.count, mean
+                c.count,
+                c.sum / c.count as f64
             );
-            let mut prev = 0;
-            for (le, n) in &c.buckets {
-                let here = n - prev;
-                prev = *n;
-                if here > 0 {
-                    let _ = writeln!(s, "  <= {le:>6}  {here}");
-                }
-            }
         }
         s
     }
 
     pub fn json(&self) -> String {
-        let lat: Vec<String> = self
-            .latency
-            .iter()
-            .map(|(l, v)| format!("\"{l}\":{v:.3}"))
-            .collect();
-        let commits = match &self.commits {
-            Some(c) if c.count > 0 => format!(
-                ",\"commits\":{},\"mean_requests_per_commit\":{:.2}",
-                c.count,
-                c.sum / c.count as f64
-            ),
-            _ => String::new(),
-        };
-        format!(
-            "{{\"sent\":{},\"send_rate\":{:.1},\"received\":{},\"recv_rate\":{:.1},\"latency_ms\":{{{}}}{}}}",
-            self.sent,
-            self.send_rate,
-            self.received,
-            self.recv_rate,
-            lat.join(","),
-            commits
-        )
+        let mut v = json!({
+            "label": self.label,
+            "sent": self.sent,
+            "received": self.received,
+            "send_rate": round(self.send_rate),
+            "recv_rate": round(self.recv_rate),
+            "broker_cores": self.broker_cores,
+            "broker_rss_peak_kib": self.broker_rss_peak_kib,
+            "broker_rss_end_kib": self.broker_rss_end_kib,
+            "bench_cpu_us_per_msg": self.bench_cpu_us_per_msg,
+        });
+        if let Some(p) = self.percentiles_ms() {
+            let lat: serde_json::Map<String, Value> = p
+                .into_iter()
+                .map(|(k, ms)| (k.to_string(), json!(ms)))
+                .collect();
+            v["latency_ms"] = Value::Object(lat);
+        }
+        if let Some(c) = self.commits.as_ref().filter(|c| c.count > 0) {
+            v["commits"] = json!(c.count);
+            v["mean_requests_per_commit"] = json!(c.sum / c.count as f64);
+        }
+        if let Some(i) = &self.idle {
+            v["idle"] = json!({
+                "connections": i.connections,
+                "rss_before_kib": i.rss_before_kib,
+                "rss_after_kib": i.rss_after_kib,
+                "per_connection_kib": i.per_connection_kib(),
+            });
+        }
+        v.to_string()
     }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Prints the results of scripts/bench (JSON lines) as Markdown tables with Ferrobus's ratio
+to each peer broker. Higher is better for rates; lower for latency, memory and CPU."""
+import json
+import os
+import sys
+import time
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+brokers = []
+for r in rows:
+    if r["broker"] not in brokers:
+        brokers.append(r["broker"])
+peers = [b for b in brokers if b != "ferrobus"]
+by = {(r["broker"], r["scenario"]): r for r in rows}
+titles = {}
+for r in rows:
+    titles.setdefault(r["scenario"], r["title"])
+
+
+def get(b, s, path):
+    r = by.get((b, s))
+    if r is None:
+        return None
+    v = r["result"]
+    for k in path:
+        if not isinstance(v, dict) or v.get(k) is None:
+            return None
+        v = v[k]
+    return v
+
+
+# (scenario, label, path in the result, scale, format, higher is better)
+METRICS = [
+    ("w100", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("w100", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("w1", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("w1", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("q4", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("q4", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("lat1k", "p50 ms", ["latency_ms", "p50"], 1, "{:.2f}", False),
+    ("lat1k", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("lat1k", "p99.9 ms", ["latency_ms", "p99.9"], 1, "{:.2f}", False),
+    ("fill", "msg/s", ["send_rate"], 1, "{:,.0f}", True),
+    ("fill", "RSS peak MiB", ["broker_rss_peak_kib"], 1 / 1024, "{:.0f}", False),
+    ("drain", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("drain", "RSS peak MiB", ["broker_rss_peak_kib"], 1 / 1024, "{:.0f}", False),
+    ("idle", "KiB per connection", ["idle", "per_connection_kib"], 1, "{:.1f}", False),
+    ("idle", "RSS MiB", ["idle", "rss_after_kib"], 1 / 1024, "{:.0f}", False),
+]
+
+
+def fmt(fmt_, v):
+    return "—" if v is None else fmt_.format(v)
+
+
+print(f"Ferrobus benchmark: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+      "durable (fsync before accepted), 1 KiB messages, all on 127.0.0.1")
+print()
+head = ["scenario", "metric"] + brokers + [f"Ferrobus vs {p}" for p in peers] + ["disk fsync/s"]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+for s, label, path, scale, f, higher in METRICS:
+    if not any((b, s) in by for b in brokers):
+        continue
+    vals = {b: get(b, s, path) for b in brokers}
+    vals = {b: (v * scale if v is not None else None) for b, v in vals.items()}
+    cells = [titles[s], label] + [fmt(f, vals[b]) for b in brokers]
+    for p in peers:
+        a, o = vals.get("ferrobus"), vals.get(p)
+        if a is None or o is None or a == 0 or o == 0:
+            cells.append("—")
+        else:
+            ratio = a / o if higher else o / a
+            cells.append(f"{ratio:.2f}×")
+    disk = [str(by[(b, s)]["fsync_per_s"]) for b in brokers if (b, s) in by]
+    cells.append(" / ".join(disk))
+    print("| " + " | ".join(cells) + " |")
+print()
+print("Ratios are Ferrobus's advantage (>1 is better for Ferrobus): rate ÷ rate, or the peer's "
+      "latency/memory ÷ Ferrobus's.")
+print()
+print("Broker CPU (cores busy over the scenario) and generator CPU per message moved:")
+print()
+head = ["scenario"] + [f"{b} CPU" for b in brokers] + [f"generator µs/msg ({b})" for b in brokers]
+print("| " + " | ".join(head) + " |")
+print("|" + "---|" * len(head))
+for s in ["w100", "w1", "q4", "lat1k", "fill", "drain"]:
+    if not any((b, s) in by for b in brokers):
+        continue
+    cells = [titles[s]]
+    cells += [fmt("{:.2f}", get(b, s, ["broker_cores"])) for b in brokers]
+    cells += [fmt("{:.1f}", get(b, s, ["bench_cpu_us_per_msg"])) for b in brokers]
+    print("| " + " | ".join(cells) + " |")
