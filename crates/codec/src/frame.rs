@@ -218,6 +218,10 @@ pub fn encode_transfer(
     max_frame_size: u32,
 ) -> u32 {
     let total: usize = chunks.iter().map(|c| c.len()).sum();
+    // the common case, a delivery that fits one frame, skips serde entirely
+    if let Some(()) = encode_single_transfer(out, channel, &first, chunks, total, max_frame_size) {
+        return 1;
+    }
     let mut head = first;
     head.more = true;
     let mut perf = BytesMut::new();
@@ -277,6 +281,73 @@ pub fn encode_transfer(
         }
         perf = Performative::Transfer(cont.clone());
     }
+}
+
+/// Writes `t` (with `more = false`) and `chunks` as one frame, hand-encoded, when `t` uses
+/// only the fields a broker sets on a fresh delivery and the whole frame fits; otherwise
+/// writes nothing and returns `None`.
+fn encode_single_transfer(
+    out: &mut BytesMut,
+    channel: u16,
+    t: &Transfer,
+    chunks: &[&[u8]],
+    total: usize,
+    max_frame_size: u32,
+) -> Option<()> {
+    let tag = t.delivery_tag.as_ref().map(|b| b.as_ref());
+    if t.rcv_settle_mode.is_some()
+        || t.state.is_some()
+        || t.resume
+        || t.aborted
+        || t.batchable
+        || tag.is_some_and(|b| b.len() > 32)
+    {
+        return None;
+    }
+    // fields: handle, delivery-id, delivery-tag, message-format, settled, more
+    let start = out.len();
+    out.reserve(FRAME_HEADER_LEN + 64 + total);
+    out.put_slice(&[0, 0, 0, 0, 2, 0]);
+    out.put_u16(channel);
+    out.put_slice(&[0x00, 0x53, 0x14, 0xc0, 0, 6]);
+    let list_size_at = out.len() - 2;
+    out.put_u8(0x70);
+    out.put_u32(t.handle.0);
+    let put_uint = |out: &mut BytesMut, v: Option<u32>| match v {
+        Some(v) => {
+            out.put_u8(0x70);
+            out.put_u32(v);
+        }
+        None => out.put_u8(0x40),
+    };
+    put_uint(out, t.delivery_id);
+    match tag {
+        Some(b) => {
+            out.put_u8(0xa0);
+            out.put_u8(b.len() as u8);
+            out.put_slice(b);
+        }
+        None => out.put_u8(0x40),
+    }
+    put_uint(out, t.message_format);
+    out.put_u8(match t.settled {
+        Some(true) => 0x41,
+        Some(false) => 0x42,
+        None => 0x40,
+    });
+    out.put_u8(0x42); // more = false
+                      // the list's size counts the count byte and the fields (at most 59 bytes here)
+    out[list_size_at] = (out.len() - list_size_at - 1) as u8;
+    let size = out.len() - start + total;
+    if size > max_frame_size as usize {
+        out.truncate(start);
+        return None;
+    }
+    out[start..start + 4].copy_from_slice(&(size as u32).to_be_bytes());
+    for c in chunks {
+        out.put_slice(c);
+    }
+    Some(())
 }
 
 fn encode_frame_from_parts(

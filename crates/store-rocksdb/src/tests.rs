@@ -136,3 +136,42 @@ fn an_injected_full_disk_fails_writes_and_keeps_reads() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lazy_batches_apply_in_order_with_synced_ones_and_survive_reopening() {
+    let dir = std::env::temp_dir().join(format!("ferrobus-rocks-lazy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
+        // a synced put, a lazy delete of it, a lazy put: queued without waiting in between
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, lazy) in [(0u8, false), (1, true), (2, true)] {
+            let mut b = Batch {
+                lazy,
+                ..Batch::default()
+            };
+            match i {
+                0 => b.put(Cf::Ref, vec![1], Bytes::from_static(b"a")),
+                1 => b.delete(Cf::Ref, vec![1]),
+                _ => b.put(Cf::Ref, vec![2], Bytes::from_static(b"b")),
+            }
+            let tx = tx.clone();
+            s.write(b, Box::new(move |r| tx.send((i, r)).unwrap()));
+        }
+        let mut done: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        done.sort_by_key(|(i, _)| *i);
+        assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
+        assert_eq!(
+            s.scan(Cf::Ref, &[0], &[9]).unwrap(),
+            vec![(vec![2], Bytes::from_static(b"b"))]
+        );
+    }
+    // closing flushes what was only written, not synced
+    let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
+    assert_eq!(
+        s.scan(Cf::Ref, &[0], &[9]).unwrap(),
+        vec![(vec![2], Bytes::from_static(b"b"))]
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

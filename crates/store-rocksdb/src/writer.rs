@@ -45,6 +45,7 @@ impl Writer {
     pub fn run(mut self, rx: Receiver<Request>) {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
+        let lazy = WriteOptions::default();
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             let (mut ops, mut bytes) = size(&group[0].batch);
@@ -60,7 +61,14 @@ impl Writer {
                 }
             }
             let started = Instant::now();
-            let result = self.commit(&group, &sync, bytes);
+            // a group of lazy batches only is written without waiting for the disk; a
+            // synced group makes every earlier write durable too (the WAL is sequential)
+            let opts = if group.iter().all(|r| r.batch.lazy) {
+                &lazy
+            } else {
+                &sync
+            };
+            let result = self.commit(&group, opts, bytes);
             if let Some(obs) = &self.opts.observer {
                 obs.committed(group.len(), ops, bytes, started.elapsed(), result.is_ok());
             }
@@ -73,7 +81,7 @@ impl Writer {
     fn commit(
         &mut self,
         group: &[Request],
-        sync: &WriteOptions,
+        opts: &WriteOptions,
         bytes: usize,
     ) -> Result<(), StoreError> {
         if let Some(limit) = self.opts.fail_writes_after_bytes {
@@ -99,7 +107,7 @@ impl Writer {
                 }
             }
         }
-        self.db.write_opt(wb, sync).map_err(classify)?;
+        self.db.write_opt(wb, opts).map_err(classify)?;
         self.written += bytes as u64;
         Ok(())
     }

@@ -653,7 +653,8 @@ impl Queue {
     /// waiting. Called with the queue lock held, so these writes are queued before any later
     /// write about the same messages (a settlement needs the lock first); that is safe because
     /// the completion does nothing and `Storage::write` does not block.
-    fn write_in_background(&self, batch: Batch) {
+    fn write_in_background(&self, mut batch: Batch) {
+        batch.lazy = true;
         if !batch.is_empty() {
             // if it fails, a removed message may reappear or a delivery go uncounted after a
             // crash; nothing is lost
@@ -694,6 +695,7 @@ impl Queue {
         consumer: Option<u64>,
         token: LockToken,
         outcome: Outcome,
+        confirm: bool,
         done: Completion<()>,
     ) {
         let locked = {
@@ -719,7 +721,10 @@ impl Queue {
         let original = (lane, entry.clone());
         let seq = entry.msg.seq;
         let ref_key = |l: u8| keys::ref_key(self.id, l, seq);
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            lazy: !confirm,
+            ..Batch::default()
+        };
         let restore_bytes = if outcome == Outcome::Complete {
             entry.msg.payload.len() as u64
         } else {
@@ -910,10 +915,12 @@ impl Queue {
 
     /// Writes `batch`, then makes `returned` available again, whether or not the write worked
     /// (the messages are never lost; at worst a count update is).
-    fn return_entries(self: &Arc<Self>, batch: Batch, mut returned: Vec<(Lane, Entry)>) {
+    fn return_entries(self: &Arc<Self>, mut batch: Batch, mut returned: Vec<(Lane, Entry)>) {
         if returned.is_empty() {
             return;
         }
+        // nobody waits to hear about a return
+        batch.lazy = true;
         returned.sort_by_key(|(_, e)| e.msg.seq);
         let me = self.clone();
         self.storage.write(
@@ -960,7 +967,14 @@ impl ConsumerHandle {
 
     /// Settles a locked message; `done` hears once the outcome is durable.
     pub fn settle(&self, lock: LockToken, outcome: Outcome, done: Completion<()>) {
-        self.queue.settle(Some(self.id), lock, outcome, done);
+        self.queue.settle(Some(self.id), lock, outcome, true, done);
+    }
+
+    /// Settles a lock the client already considers settled (it settled first and hears
+    /// nothing back): `done` runs once the settlement is written, before it is synced (see
+    /// [`Batch::lazy`]).
+    pub fn settle_unconfirmed(&self, lock: LockToken, outcome: Outcome, done: Completion<()>) {
+        self.queue.settle(Some(self.id), lock, outcome, false, done);
     }
 
     /// Unregisters the consumer and returns its locked messages.

@@ -70,6 +70,12 @@ pub enum Op {
 pub struct Batch {
     /// The writes, applied in order.
     pub ops: Vec<Op>,
+    /// Nobody is told when this batch is done (a delivery count, a settlement the client
+    /// did not ask to hear back about): it may complete once written, before it is synced.
+    /// It is ordered with every other write and becomes durable with the next synced one;
+    /// only an operating-system crash in between can lose it, and losing it never loses a
+    /// message (at worst one is delivered again).
+    pub lazy: bool,
 }
 
 impl Batch {

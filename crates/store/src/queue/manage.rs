@@ -47,7 +47,7 @@ impl Queue {
     /// Settles a lock by its token, whoever received the message (management's
     /// `update-disposition`).
     pub fn settle_lock(self: &Arc<Self>, token: LockToken, outcome: Outcome, done: Completion<()>) {
-        self.settle(None, token, outcome, done);
+        self.settle(None, token, outcome, true, done);
     }
 
     /// Up to `count` messages of `lane` with sequence numbers from `from`, in order: available,
