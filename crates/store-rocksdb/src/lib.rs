@@ -2,13 +2,17 @@
 //!
 //! Role: implements [`ferrobus_store::storage::Storage`] on one RocksDB database with one
 //! column family per [`Cf`]. Writes go through **one writer thread** that drains every queued
-//! request into one `WriteBatch` and writes it with `sync = true`, then completes the requests:
-//! a producer hears "accepted" only after the fsync that covers its message, and the batch
-//! grows with the load instead of costing one fsync per message (group commit).
+//! request into one `WriteBatch` and applies it without waiting for the disk, then hands the
+//! group to **one syncer thread** that syncs the WAL once for every group applied meanwhile and
+//! completes the requests: a producer hears "accepted" only after the fsync that covers its
+//! message, and the batches grow with the load instead of costing one fsync per message (group
+//! commit), while the next groups are applied during the fsync.
 //!
 //! Invariants:
-//! - A request's writes are applied atomically, together with the other requests of its group.
-//! - Completions run on the writer thread, with no lock of ours held, in request order.
+//! - A request's writes are applied atomically, together with the other requests of its group,
+//!   in the order the requests arrived.
+//! - Completions run on the syncer thread, with no lock of ours held, in request order; a
+//!   request that is not lazy completes only after a WAL sync that covers it.
 //! - The write-ahead log is always on; recovery is point-in-time.
 
 mod db;
@@ -59,10 +63,19 @@ impl RocksStorage {
         })?;
         let (db, closed) = db::Db::new(db);
         let (tx, rx) = channel();
+        let (synced_tx, synced_rx) = channel();
+        let sync_db = db.clone();
+        let observer = opts.observer.clone();
+        // the syncer ends on its own once the writer is gone and everything is completed;
+        // nobody joins it, since the last reference to the storage may drop on it
+        std::thread::Builder::new()
+            .name("ferrobus-store-sync".into())
+            .spawn(move || writer::sync_loop(sync_db, observer, synced_rx))
+            .map_err(|e| StoreError::Storage(format!("starting the syncer thread: {e}")))?;
         let w = writer::Writer::new(db.clone(), opts);
         let writer = std::thread::Builder::new()
             .name("ferrobus-store-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || w.run(rx, synced_tx))
             .map_err(|e| StoreError::Storage(format!("starting the writer thread: {e}")))?;
         Ok(RocksStorage {
             db,

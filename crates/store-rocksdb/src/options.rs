@@ -2,7 +2,7 @@
 
 use ferrobus_store::storage::Cf;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Env,
     MergeOperands, Options,
 };
 
@@ -29,6 +29,13 @@ pub(crate) fn db_options() -> Options {
     // file-size update in the filesystem journal (fdatasync of an append must do it)
     o.set_recycle_log_file_num(4);
     o.set_max_background_jobs(2);
+    // flushes and compactions yield the CPU to the threads that serve clients: on a small
+    // machine a flush otherwise takes a core away from a latency-bound pipeline
+    if let Ok(mut env) = Env::new() {
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        o.set_env(&env);
+    }
     // every column family's memtables together, so memory does not grow with their number
     o.set_db_write_buffer_size(TOTAL_WRITE_BUFFER_BYTES);
     o

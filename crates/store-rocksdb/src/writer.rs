@@ -1,6 +1,6 @@
 //! The writer thread: group commit.
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,17 @@ pub(crate) struct Writer {
     written: u64,
 }
 
+/// A group the writer applied (or failed to), on its way to the syncer.
+pub(crate) struct Written {
+    group: Vec<Request>,
+    result: Result<(), StoreError>,
+    /// Some request of the group waits for durability.
+    sync: bool,
+    ops: usize,
+    bytes: usize,
+    started: Instant,
+}
+
 impl Writer {
     pub fn new(db: Arc<crate::db::Db>, opts: RocksOptions) -> Self {
         Writer {
@@ -42,10 +53,12 @@ impl Writer {
         }
     }
 
-    pub fn run(mut self, rx: Receiver<Request>) {
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        let lazy = WriteOptions::default();
+    /// Applies groups of requests in arrival order without waiting for the disk, and hands
+    /// each group to the syncer, which makes it durable and completes it. While one fsync runs
+    /// the writer already applies the next groups, so the WAL write and memtable inserts of
+    /// group N+1 overlap the fsync of group N.
+    pub fn run(mut self, rx: Receiver<Request>, synced: Sender<Written>) {
+        let unsynced = WriteOptions::default();
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             let (mut ops, mut bytes) = size(&group[0].batch);
@@ -61,19 +74,21 @@ impl Writer {
                 }
             }
             let started = Instant::now();
-            // a group of lazy batches only is written without waiting for the disk; a
-            // synced group makes every earlier write durable too (the WAL is sequential)
-            let opts = if group.iter().all(|r| r.batch.lazy) {
-                &lazy
-            } else {
-                &sync
+            let result = self.commit(&group, &unsynced, bytes);
+            let sync = group.iter().any(|r| !r.batch.lazy);
+            let w = Written {
+                group,
+                result,
+                sync,
+                ops,
+                bytes,
+                started,
             };
-            let result = self.commit(&group, opts, bytes);
-            if let Some(obs) = &self.opts.observer {
-                obs.committed(group.len(), ops, bytes, started.elapsed(), result.is_ok());
-            }
-            for r in group {
-                (r.done)(result.clone());
+            if let Err(e) = synced.send(w) {
+                // the syncer is gone (it could not start): nothing can be made durable
+                for r in e.0.group {
+                    (r.done)(Err(StoreError::Storage("the syncer thread stopped".into())));
+                }
             }
         }
     }
@@ -91,7 +106,7 @@ impl Writer {
                 ));
             }
         }
-        let mut wb = WriteBatch::default();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 64 * group.len());
         for r in group {
             for op in &r.batch.ops {
                 let name = match op {
@@ -110,6 +125,46 @@ impl Writer {
         self.db.write_opt(wb, opts).map_err(classify)?;
         self.written += bytes as u64;
         Ok(())
+    }
+}
+
+/// The syncer thread: takes every group the writer has applied so far, syncs the WAL once
+/// for all of them if any waits for durability (one fsync covers every earlier write: the
+/// WAL is sequential), then completes them in order. Lazy-only groups complete without a
+/// sync, still in order.
+pub(crate) fn sync_loop(
+    db: Arc<crate::db::Db>,
+    observer: Option<Arc<dyn CommitObserver>>,
+    rx: Receiver<Written>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            batch.push(w);
+        }
+        let needed = batch.iter().any(|w| w.sync && w.result.is_ok());
+        let synced = if needed {
+            db.flush_wal(true).map_err(classify)
+        } else {
+            Ok(())
+        };
+        if let Some(obs) = &observer {
+            let requests = batch.iter().map(|w| w.group.len()).sum();
+            let ops = batch.iter().map(|w| w.ops).sum();
+            let bytes = batch.iter().map(|w| w.bytes).sum();
+            let ok = synced.is_ok() && batch.iter().all(|w| w.result.is_ok());
+            obs.committed(requests, ops, bytes, batch[0].started.elapsed(), ok);
+        }
+        for w in batch {
+            let result = match (&w.result, w.sync) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), true) => synced.clone(),
+                (Ok(()), false) => Ok(()),
+            };
+            for r in w.group {
+                (r.done)(result.clone());
+            }
+        }
     }
 }
 
