@@ -11,8 +11,9 @@
 //! Invariants:
 //! - A request's writes are applied atomically, together with the other requests of its group,
 //!   in the order the requests arrived.
-//! - Completions run on the syncer thread, with no lock of ours held, in request order; a
-//!   request that is not lazy completes only after a WAL sync that covers it.
+//! - Completions run on the syncer thread (or on the writer, for a group with nothing before
+//!   or after it), with no lock of ours held, in request order; a request that is not lazy
+//!   completes only after a WAL sync that covers it.
 //! - The write-ahead log is always on; recovery is point-in-time.
 
 mod db;
@@ -66,16 +67,19 @@ impl RocksStorage {
         let (synced_tx, synced_rx) = channel();
         let sync_db = db.clone();
         let observer = opts.observer.clone();
+        // groups handed to the syncer and not yet completed
+        let handed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let syncer_handed = handed.clone();
         // the syncer ends on its own once the writer is gone and everything is completed;
         // nobody joins it, since the last reference to the storage may drop on it
         std::thread::Builder::new()
             .name("ferrobus-store-sync".into())
-            .spawn(move || writer::sync_loop(sync_db, observer, synced_rx))
+            .spawn(move || writer::sync_loop(sync_db, observer, synced_rx, syncer_handed))
             .map_err(|e| StoreError::Storage(format!("starting the syncer thread: {e}")))?;
         let w = writer::Writer::new(db.clone(), opts);
         let writer = std::thread::Builder::new()
             .name("ferrobus-store-writer".into())
-            .spawn(move || w.run(rx, synced_tx))
+            .spawn(move || w.run(rx, synced_tx, handed))
             .map_err(|e| StoreError::Storage(format!("starting the writer thread: {e}")))?;
         Ok(RocksStorage {
             db,

@@ -1,5 +1,6 @@
 //! The writer thread: group commit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,10 +57,25 @@ impl Writer {
     /// Applies groups of requests in arrival order without waiting for the disk, and hands
     /// each group to the syncer, which makes it durable and completes it. While one fsync runs
     /// the writer already applies the next groups, so the WAL write and memtable inserts of
-    /// group N+1 overlap the fsync of group N.
-    pub fn run(mut self, rx: Receiver<Request>, synced: Sender<Written>) {
+    /// group N+1 overlap the fsync of group N. A group with nothing queued behind it and
+    /// nothing ahead of it at the syncer is synced and completed right here instead, which
+    /// saves a thread hand-over when a lone client waits for each message.
+    pub fn run(
+        mut self,
+        rx: Receiver<Request>,
+        to_syncer: Sender<Written>,
+        handed: Arc<AtomicUsize>,
+    ) {
         let unsynced = WriteOptions::default();
-        while let Ok(first) = rx.recv() {
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(r) => r,
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
             let mut group = vec![first];
             let (mut ops, mut bytes) = size(&group[0].batch);
             while ops < MAX_OPS && bytes < MAX_BYTES {
@@ -84,7 +100,15 @@ impl Writer {
                 bytes,
                 started,
             };
-            if let Err(e) = synced.send(w) {
+            carried = rx.try_recv().ok();
+            // `handed` is zero only once the syncer has completed everything it was given
+            if carried.is_none() && handed.load(Ordering::Acquire) == 0 {
+                finish(&self.db, self.opts.observer.as_deref(), vec![w]);
+                continue;
+            }
+            handed.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = to_syncer.send(w) {
+                handed.fetch_sub(1, Ordering::AcqRel);
                 // the syncer is gone (it could not start): nothing can be made durable
                 for r in e.0.group {
                     (r.done)(Err(StoreError::Storage("the syncer thread stopped".into())));
@@ -128,42 +152,50 @@ impl Writer {
     }
 }
 
-/// The syncer thread: takes every group the writer has applied so far, syncs the WAL once
-/// for all of them if any waits for durability (one fsync covers every earlier write: the
-/// WAL is sequential), then completes them in order. Lazy-only groups complete without a
-/// sync, still in order.
+/// The syncer thread: takes every group the writer has handed over so far and finishes them
+/// together (see [`finish`]).
 pub(crate) fn sync_loop(
     db: Arc<crate::db::Db>,
     observer: Option<Arc<dyn CommitObserver>>,
     rx: Receiver<Written>,
+    handed: Arc<AtomicUsize>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(w) = rx.try_recv() {
             batch.push(w);
         }
-        let needed = batch.iter().any(|w| w.sync && w.result.is_ok());
-        let synced = if needed {
-            db.flush_wal(true).map_err(classify)
-        } else {
-            Ok(())
+        let n = batch.len();
+        finish(&db, observer.as_deref(), batch);
+        handed.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Syncs the WAL once for all of `batch` if any group waits for durability (one fsync covers
+/// every earlier write: the WAL is sequential), then completes the groups in order. Lazy-only
+/// groups complete without a sync.
+fn finish(db: &crate::db::Db, observer: Option<&dyn CommitObserver>, batch: Vec<Written>) {
+    let needed = batch.iter().any(|w| w.sync && w.result.is_ok());
+    let synced = if needed {
+        db.flush_wal(true).map_err(classify)
+    } else {
+        Ok(())
+    };
+    if let Some(obs) = observer {
+        let requests = batch.iter().map(|w| w.group.len()).sum();
+        let ops = batch.iter().map(|w| w.ops).sum();
+        let bytes = batch.iter().map(|w| w.bytes).sum();
+        let ok = synced.is_ok() && batch.iter().all(|w| w.result.is_ok());
+        obs.committed(requests, ops, bytes, batch[0].started.elapsed(), ok);
+    }
+    for w in batch {
+        let result = match (&w.result, w.sync) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(()), true) => synced.clone(),
+            (Ok(()), false) => Ok(()),
         };
-        if let Some(obs) = &observer {
-            let requests = batch.iter().map(|w| w.group.len()).sum();
-            let ops = batch.iter().map(|w| w.ops).sum();
-            let bytes = batch.iter().map(|w| w.bytes).sum();
-            let ok = synced.is_ok() && batch.iter().all(|w| w.result.is_ok());
-            obs.committed(requests, ops, bytes, batch[0].started.elapsed(), ok);
-        }
-        for w in batch {
-            let result = match (&w.result, w.sync) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(()), true) => synced.clone(),
-                (Ok(()), false) => Ok(()),
-            };
-            for r in w.group {
-                (r.done)(result.clone());
-            }
+        for r in w.group {
+            (r.done)(result.clone());
         }
     }
 }
