@@ -52,6 +52,20 @@ pub struct ServerConfig {
     pub data_dir: String,
     /// Seconds that connections get to close on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Threads serving connections; 0 = one per core but one, which is left to the storage
+    /// writer and syncer threads.
+    pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// The number of connection-serving threads to start.
+    pub fn worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).max(1)
+    }
 }
 
 impl Default for ServerConfig {
@@ -62,6 +76,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             data_dir: "./data".into(),
             shutdown_timeout_secs: 10,
+            worker_threads: 0,
         }
     }
 }
@@ -427,6 +442,19 @@ mod tests {
         assert_eq!(c.server.http_listen, "127.0.0.1:5300");
         assert_eq!(c.queues.len(), 1);
         assert_eq!(c.queues[0].name, "queue.1");
+    }
+
+    #[test]
+    fn worker_threads_default_to_all_cores_but_one() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.server.worker_threads, 0);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.server.worker_threads(), cores.saturating_sub(1).max(1));
+        let fixed = ServerConfig {
+            worker_threads: 3,
+            ..ServerConfig::default()
+        };
+        assert_eq!(fixed.worker_threads(), 3);
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     }
     let closed = StorageClosed::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.server.worker_threads())
         .enable_all()
         .build()
         .context("starting the runtime")?;
