@@ -11,16 +11,14 @@ use ferrobus_codec::frame::{
 };
 use ferrobus_codec::sasl::SaslFrame;
 use ferrobus_codec::types::definitions::Role;
-use ferrobus_codec::types::performatives::{
-    Attach, Begin, Close, Detach, End, Flow, Open, Performative,
-};
+use ferrobus_codec::types::performatives::{Attach, Begin, Close, Detach, End, Flow, Performative};
 use ferrobus_codec::types::primitives::{Array, Symbol};
 use ferrobus_codec::types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::load::Shared;
-use crate::wire::{encode_accept, encode_transfer, message_prefix, MAX_FRAME};
+use crate::wire::{encode_accept, encode_transfer, message_prefix, open, MAX_FRAME};
 
 /// Credit granted to senders, topped up at half.
 const CREDIT: u32 = 100_000;
@@ -106,19 +104,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, size: usize) -> anyhow::Result
             };
             match p {
                 Performative::Open(_) => {
-                    let open = Open {
-                        container_id: "ferrobus-bench-noop".into(),
-                        hostname: None,
-                        max_frame_size: MAX_FRAME.into(),
-                        channel_max: 0.into(),
-                        idle_time_out: None,
-                        outgoing_locales: None,
-                        incoming_locales: None,
-                        offered_capabilities: None,
-                        desired_capabilities: None,
-                        properties: None,
-                    };
-                    encode_frame(&mut out, 0, &Performative::Open(open), &[]);
+                    encode_frame(&mut out, 0, &open("ferrobus-bench-noop"), &[]);
                 }
                 Performative::Begin(_) => {
                     let begin = Begin {

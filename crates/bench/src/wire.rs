@@ -78,19 +78,7 @@ impl Wire {
         };
         w.sasl(ep).await?;
         w.wbuf.put_slice(&ProtocolId::Amqp.header());
-        let open = Open {
-            container_id: container.to_string(),
-            hostname: None,
-            max_frame_size: MAX_FRAME.into(),
-            channel_max: 0.into(),
-            idle_time_out: None,
-            outgoing_locales: None,
-            incoming_locales: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        };
-        w.send(0, &Performative::Open(open));
+        w.send(0, &open(container));
         let begin = Begin {
             remote_channel: None,
             next_outgoing_id: 0,
@@ -374,6 +362,22 @@ impl Wire {
         })
         .await;
     }
+}
+
+/// Our open: `MAX_FRAME`, no idle time-out, no channel beyond 0.
+pub fn open(container: &str) -> Performative {
+    Performative::Open(Open {
+        container_id: container.to_string(),
+        hostname: None,
+        max_frame_size: MAX_FRAME.into(),
+        channel_max: 0.into(),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    })
 }
 
 /// Appends one single-frame transfer of `payload` on channel 0, link 0.
