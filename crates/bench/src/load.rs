@@ -10,7 +10,7 @@ use ferrobus_codec::types::messaging::DeliveryState;
 use ferrobus_codec::types::performatives::{Flow, Performative};
 use hdrhistogram::Histogram;
 
-use crate::wire::{encode_accept, encode_transfer, message_prefix, Endpoint, Wire};
+use crate::wire::{encode_transfer, message_prefix, AcceptRanges, Endpoint, Wire};
 
 /// Per-queue counts the producers and consumers of one run share.
 #[derive(Default)]
@@ -113,6 +113,15 @@ async fn produce_inner(
     let mut m = Measured::default();
     // sent after the warm-up but not yet settled, by delivery id order
     let mut warm_marks = std::collections::VecDeque::new();
+    // nothing more to send: the count is reached or the time is up
+    let finished = |seq: u64| {
+        plan.count.is_some_and(|c| seq >= c)
+            || shared.send_until.is_some_and(|t| Instant::now() >= t)
+    };
+    // the window, the link credit and the session window all allow one more transfer
+    let window_open = |unsettled: usize, credit: u32, room: u32| {
+        (plan.presettled || unsettled < plan.window.max(1)) && credit > 0 && room > 0
+    };
     loop {
         while let Some((p, _)) = w.buffered()? {
             match p {
@@ -142,13 +151,9 @@ async fn produce_inner(
             }
         }
         let now = Instant::now();
-        let stop =
-            plan.count.is_some_and(|c| seq >= c) || shared.send_until.is_some_and(|t| now >= t);
         let mut waiting_on_pace = false;
-        if !stop {
-            while (plan.presettled || unsettled < plan.window.max(1))
-                && credit > 0
-                && w.session_room() > 0
+        if !finished(seq) {
+            while window_open(unsettled, credit, w.session_room())
                 && plan.count.is_none_or(|c| seq < c)
                 && w.wbuf.len() < 64 * 1024
             {
@@ -181,15 +186,11 @@ async fn produce_inner(
             }
         }
         w.flush().await?;
-        let stop = plan.count.is_some_and(|c| seq >= c)
-            || shared.send_until.is_some_and(|t| Instant::now() >= t);
+        let stop = finished(seq);
         if stop && unsettled == 0 {
             break;
         }
-        let can_send = (plan.presettled || unsettled < plan.window.max(1))
-            && credit > 0
-            && w.session_room() > 0;
-        if !stop && can_send && !waiting_on_pace {
+        if !stop && !waiting_on_pace && window_open(unsettled, credit, w.session_room()) {
             // stopped only to write a full buffer: go on, but let other tasks run
             tokio::task::yield_now().await;
             continue;
@@ -270,7 +271,7 @@ pub async fn consume(
         {
             break;
         }
-        let mut range: Option<(u32, u32)> = None;
+        let mut accepts = AcceptRanges::default();
         while let Some((p, payload)) = w.buffered()? {
             let t = match p {
                 Performative::Transfer(t) => t,
@@ -321,19 +322,10 @@ pub async fn consume(
                 }
             }
             if !settled {
-                range = match range {
-                    Some((first, last)) if last.wrapping_add(1) == id => Some((first, id)),
-                    Some((first, last)) => {
-                        encode_accept(&mut w.wbuf, true, first, last);
-                        Some((id, id))
-                    }
-                    None => Some((id, id)),
-                };
+                accepts.add(&mut w.wbuf, id);
             }
         }
-        if let Some((first, last)) = range {
-            encode_accept(&mut w.wbuf, true, first, last);
-        }
+        accepts.flush(&mut w.wbuf);
         if outstanding <= credit / 2 {
             outstanding = credit;
             w.grant(delivery_count, credit);

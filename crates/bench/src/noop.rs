@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::load::Shared;
-use crate::wire::{encode_accept, encode_transfer, message_prefix, open, MAX_FRAME};
+use crate::wire::{encode_transfer, message_prefix, open, AcceptRanges, MAX_FRAME};
 
 /// Credit granted to senders, topped up at half.
 const CREDIT: u32 = 100_000;
@@ -92,7 +92,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, size: usize) -> anyhow::Result
     let mut link: Option<Link> = None;
     let mut next_delivery = 0u32;
     loop {
-        let mut accept: Option<(u32, u32)> = None;
+        let mut accepts = AcceptRanges::default();
         while let Some(f) = decode_frame(&mut rbuf, MAX_FRAME, FrameKind::Amqp)? {
             let Frame::Amqp {
                 channel,
@@ -154,15 +154,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, size: usize) -> anyhow::Result
                         encode_frame(&mut out, 0, &credit_flow(l.delivery_count), &[]);
                     }
                     if !t.settled.unwrap_or(false) {
-                        let id = t.delivery_id.unwrap_or(0);
-                        accept = match accept {
-                            Some((first, last)) if last.wrapping_add(1) == id => Some((first, id)),
-                            Some((first, last)) => {
-                                encode_accept(&mut out, true, first, last);
-                                Some((id, id))
-                            }
-                            None => Some((id, id)),
-                        };
+                        accepts.add(&mut out, t.delivery_id.unwrap_or(0));
                     }
                 }
                 Performative::Flow(f) => {
@@ -203,9 +195,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, size: usize) -> anyhow::Result
                 _ => {}
             }
         }
-        if let Some((first, last)) = accept {
-            encode_accept(&mut out, true, first, last);
-        }
+        accepts.flush(&mut out);
         // feed a receiver as much as its credit allows, in bounded batches
         if let Some(l) = link.as_mut().filter(|l| !l.client_sends) {
             let mut batch = 0;

@@ -416,6 +416,31 @@ pub fn encode_accept(out: &mut BytesMut, role_receiver: bool, first: u32, last: 
     out.put_slice(&[0x00, 0x53, 0x24, 0x45]); // accepted
 }
 
+/// Delivery ids to accept, merged into one disposition per run of consecutive ids.
+#[derive(Default)]
+pub struct AcceptRanges(Option<(u32, u32)>);
+
+impl AcceptRanges {
+    /// Adds `id`; a gap writes the run so far to `out`.
+    pub fn add(&mut self, out: &mut BytesMut, id: u32) {
+        self.0 = match self.0 {
+            Some((first, last)) if last.wrapping_add(1) == id => Some((first, id)),
+            Some((first, last)) => {
+                encode_accept(out, true, first, last);
+                Some((id, id))
+            }
+            None => Some((id, id)),
+        };
+    }
+
+    /// Writes the pending run to `out`.
+    pub fn flush(&mut self, out: &mut BytesMut) {
+        if let Some((first, last)) = self.0.take() {
+            encode_accept(out, true, first, last);
+        }
+    }
+}
+
 /// The encoded message: a header (durable or not) and one data section of `body_len` bytes
 /// whose first 16 bytes the caller fills (send time, sequence).
 pub fn message_prefix(durable: bool, body_len: usize) -> Vec<u8> {

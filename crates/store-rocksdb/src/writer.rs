@@ -181,11 +181,13 @@ fn finish(db: &crate::db::Db, observer: Option<&dyn CommitObserver>, batch: Vec<
     } else {
         Ok(())
     };
-    if let Some(obs) = observer {
+    let ok = synced.is_ok() && batch.iter().all(|w| w.result.is_ok());
+    // the observer hears of synced group commits (and of every failure), not of lazy-only
+    // batches, which wait for no disk
+    if let Some(obs) = observer.filter(|_| needed || !ok) {
         let requests = batch.iter().map(|w| w.group.len()).sum();
         let ops = batch.iter().map(|w| w.ops).sum();
         let bytes = batch.iter().map(|w| w.bytes).sum();
-        let ok = synced.is_ok() && batch.iter().all(|w| w.result.is_ok());
         obs.committed(requests, ops, bytes, batch[0].started.elapsed(), ok);
     }
     for w in batch {
