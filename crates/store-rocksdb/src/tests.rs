@@ -35,6 +35,17 @@ fn write(s: &dyn Storage, b: Batch) -> Result<(), StoreError> {
     ferrobus_store::testing::write_and_wait(s, b)
 }
 
+/// Drops the storage and waits until its threads have closed the database, so that it can be
+/// opened again (RocksDB holds a file lock until then).
+fn close(s: RocksStorage) {
+    let closed = s.closed();
+    drop(s);
+    assert!(
+        closed.wait(Duration::from_secs(30)),
+        "the store did not close"
+    );
+}
+
 #[test]
 fn data_survives_closing_and_reopening_the_database() {
     let dir = std::env::temp_dir().join(format!("ferrobus-rocks-reopen-{}", std::process::id()));
@@ -46,6 +57,7 @@ fn data_survives_closing_and_reopening_the_database() {
         b.max(Cf::Meta, vec![b'N'], 5);
         b.max(Cf::Meta, vec![b'N'], 3);
         write(&s, b).unwrap();
+        close(s);
     }
     let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
     assert_eq!(
@@ -59,6 +71,7 @@ fn data_survives_closing_and_reopening_the_database() {
         Some(5)
     );
     assert_eq!(m[1], None);
+    close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -81,16 +94,14 @@ fn concurrent_writers_share_group_commits() {
     let dir = std::env::temp_dir().join(format!("ferrobus-rocks-group-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let obs = Arc::new(Count(AtomicU64::new(0), AtomicU64::new(0)));
-    let s = Arc::new(
-        RocksStorage::open(
-            &dir,
-            RocksOptions {
-                observer: Some(obs.clone()),
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let s = RocksStorage::open(
+        &dir,
+        RocksOptions {
+            observer: Some(obs.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let n = 2000u64;
     for i in 0..n {
@@ -110,7 +121,7 @@ fn concurrent_writers_share_group_commits() {
     assert_eq!(requests, n);
     // requests queued while an fsync ran were committed together
     assert!(commits < n, "{commits} commits for {n} requests");
-    drop(s);
+    close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -133,7 +144,7 @@ fn an_injected_full_disk_fails_writes_and_keeps_reads() {
     b.put(Cf::Body, vec![2], Bytes::from(vec![7u8; 600]));
     assert!(matches!(write(&s, b), Err(StoreError::Full(_))));
     assert_eq!(s.scan(Cf::Body, &[0], &[9]).unwrap().len(), 1);
-    drop(s);
+    close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -165,6 +176,7 @@ fn lazy_batches_apply_in_order_with_synced_ones_and_survive_reopening() {
             s.scan(Cf::Ref, &[0], &[9]).unwrap(),
             vec![(vec![2], Bytes::from_static(b"b"))]
         );
+        close(s);
     }
     // closing flushes what was only written, not synced
     let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
@@ -172,6 +184,6 @@ fn lazy_batches_apply_in_order_with_synced_ones_and_survive_reopening() {
         s.scan(Cf::Ref, &[0], &[9]).unwrap(),
         vec![(vec![2], Bytes::from_static(b"b"))]
     );
-    drop(s);
+    close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
