@@ -305,6 +305,7 @@ fn open_storage(
     let opts = ferrobus_store_rocksdb::RocksOptions {
         observer: Some(Arc::new(CommitMetrics(metrics.clone()))),
         fail_writes_after_bytes,
+        ..Default::default()
     };
     let started = std::time::Instant::now();
     let s = ferrobus_store_rocksdb::RocksStorage::open(&dir, opts)

@@ -35,10 +35,14 @@ impl Deref for Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            let _ = db.flush_wal(true);
-            drop(db);
+        if self.db.is_some() {
+            // persist the memtables, so the next start has no journal to replay (RocksDB would
+            // flush on close by itself, since its WAL is off; this reports a failure)
+            if let Err(e) = crate::journal::flush(self) {
+                tracing::error!(error = %e, "flushing RocksDB at close failed; the journal will be replayed");
+            }
         }
+        drop(self.db.take());
         let (lock, cv) = &*self.closed.0;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();

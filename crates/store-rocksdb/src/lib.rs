@@ -2,21 +2,27 @@
 //!
 //! Role: implements [`ferrobus_store::storage::Storage`] on one RocksDB database with one
 //! column family per [`Cf`]. Writes go through **one writer thread** that drains every queued
-//! request into one `WriteBatch` and applies it without waiting for the disk, then hands the
-//! group to **one syncer thread** that syncs the WAL once for every group applied meanwhile and
-//! completes the requests: a producer hears "accepted" only after the fsync that covers its
-//! message, and the batches grow with the load instead of costing one fsync per message (group
-//! commit), while the next groups are applied during the fsync.
+//! request into one group, writes it as one record of the [journal](journal) (our own
+//! write-ahead log, in place of RocksDB's) and applies it as one `WriteBatch`, without
+//! waiting for the disk, then hands the group to **one syncer thread** that syncs the journal
+//! once for every group written meanwhile and completes the requests: a producer hears
+//! "accepted" only after the fsync that covers its message, and the batches grow with the load
+//! instead of costing one fsync per message (group commit), while the next groups are written
+//! during the fsync. **One retirer thread** flushes RocksDB's memtables (atomically, all column
+//! families) when a journal segment fills up, and then recycles it.
 //!
 //! Invariants:
 //! - A request's writes are applied atomically, together with the other requests of its group,
-//!   in the order the requests arrived.
+//!   in the order the requests arrived; a group's journal record is written before RocksDB
+//!   sees it.
 //! - Completions run on the syncer thread (or on the writer, for a group with nothing before
 //!   or after it), with no lock of ours held, in request order; a request that is not lazy
-//!   completes only after a WAL sync that covers it.
-//! - The write-ahead log is always on; recovery is point-in-time.
+//!   completes only after a journal sync that covers it and every record before it.
+//! - Opening replays the journal records that RocksDB's flushed state lacks; RocksDB's own
+//!   WAL is off, so its flushed state and the journal are the whole truth.
 
 mod db;
+mod journal;
 mod options;
 mod writer;
 
@@ -41,6 +47,8 @@ pub struct RocksOptions {
     /// Test hook: after this many bytes have been written, every write fails as if the disk
     /// were full. Set from `FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES`; never in production.
     pub fail_writes_after_bytes: Option<u64>,
+    /// Size of a journal segment (default 64 MiB; tests use small ones to exercise recycling).
+    pub journal_segment_bytes: Option<u64>,
 }
 
 /// The RocksDB storage.
@@ -51,6 +59,9 @@ pub struct RocksStorage {
     /// queue lock held); AMQP credit bounds what producers and consumers can have in flight.
     tx: Option<Sender<writer::Request>>,
     writer: Option<JoinHandle<()>>,
+    /// What opening replayed from the journal.
+    #[cfg_attr(not(test), allow(dead_code))]
+    recovered: journal::Recovered,
 }
 
 impl RocksStorage {
@@ -63,9 +74,38 @@ impl RocksStorage {
             StoreError::Storage(format!("opening RocksDB in {}: {e}", dir.display()))
         })?;
         let (db, closed) = db::Db::new(db);
+        let segment_bytes = opts
+            .journal_segment_bytes
+            .unwrap_or(journal::SEGMENT_BYTES)
+            .div_ceil(journal::BLOCK as u64)
+            .max(1)
+            * journal::BLOCK as u64;
+        let journal_dir = dir.join("journal");
+        let started = std::time::Instant::now();
+        let (journal, pool, recovered) = journal::recover(&db, &journal_dir, segment_bytes)?;
+        if recovered.records > 0 || recovered.discarded > 0 {
+            tracing::info!(
+                records = recovered.records,
+                bytes = recovered.bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "journal replayed"
+            );
+        }
+        if recovered.discarded > 0 {
+            tracing::warn!(
+                records = recovered.discarded,
+                "journal records after a torn or missing one were never acknowledged: not replayed"
+            );
+        }
+        let retire_db = db.clone();
+        std::thread::Builder::new()
+            .name("ferrobus-store-retire".into())
+            .spawn(move || journal::retire_loop(retire_db, pool, journal_dir, segment_bytes))
+            .map_err(|e| StoreError::Storage(format!("starting the retirer thread: {e}")))?;
         let (tx, rx) = channel();
         let (synced_tx, synced_rx) = channel();
-        let sync_db = db.clone();
+        let failed = writer::Failed::default();
+        let sync_failed = failed.clone();
         let observer = opts.observer.clone();
         // groups handed to the syncer and not yet completed
         let handed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -74,9 +114,9 @@ impl RocksStorage {
         // nobody joins it, since the last reference to the storage may drop on it
         std::thread::Builder::new()
             .name("ferrobus-store-sync".into())
-            .spawn(move || writer::sync_loop(sync_db, observer, synced_rx, syncer_handed))
+            .spawn(move || writer::sync_loop(sync_failed, observer, synced_rx, syncer_handed))
             .map_err(|e| StoreError::Storage(format!("starting the syncer thread: {e}")))?;
-        let w = writer::Writer::new(db.clone(), opts);
+        let w = writer::Writer::new(db.clone(), opts, journal, failed);
         let writer = std::thread::Builder::new()
             .name("ferrobus-store-writer".into())
             .spawn(move || w.run(rx, synced_tx, handed))
@@ -86,6 +126,7 @@ impl RocksStorage {
             closed,
             tx: Some(tx),
             writer: Some(writer),
+            recovered,
         })
     }
 
@@ -155,5 +196,7 @@ impl Drop for RocksStorage {
     }
 }
 
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

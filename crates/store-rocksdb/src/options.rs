@@ -21,13 +21,14 @@ pub(crate) fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
+    // writes skip RocksDB's WAL (the journal is the log: see journal.rs); a database last
+    // written by a version that used the WAL still recovers from it
     o.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-    // rarely written families (meta) must not pin old WAL files forever
-    o.set_max_total_wal_size(256 * 1024 * 1024);
-    o.set_enable_pipelined_write(true);
-    // reuse retired WAL files: overwriting blocks already allocated lets a sync skip the
-    // file-size update in the filesystem journal (fdatasync of an append must do it)
-    o.set_recycle_log_file_num(4);
+    // without a WAL, a flush must persist every column family at the same point, so that the
+    // flushed state names the last journal record it holds
+    // (pipelined writes, which overlap WAL and memtable writes of concurrent writers, are
+    // incompatible with it and useless with one writer thread and no WAL)
+    o.set_atomic_flush(true);
     o.set_max_background_jobs(2);
     // flushes and compactions yield the CPU to the threads that serve clients: on a small
     // machine a flush otherwise takes a core away from a latency-bound pipeline
@@ -43,6 +44,7 @@ pub(crate) fn db_options() -> Options {
 
 pub(crate) fn column_families() -> Vec<ColumnFamilyDescriptor> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let journal = ColumnFamilyDescriptor::new(crate::journal::CF, Options::default());
     Cf::ALL
         .iter()
         .map(|cf| {
@@ -73,6 +75,7 @@ pub(crate) fn column_families() -> Vec<ColumnFamilyDescriptor> {
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         })
+        .chain([journal])
         .collect()
 }
 

@@ -37,7 +37,7 @@ fn write(s: &dyn Storage, b: Batch) -> Result<(), StoreError> {
 
 /// Drops the storage and waits until its threads have closed the database, so that it can be
 /// opened again (RocksDB holds a file lock until then).
-fn close(s: RocksStorage) {
+pub(crate) fn close(s: RocksStorage) {
     let closed = s.closed();
     drop(s);
     assert!(

@@ -1,14 +1,16 @@
-//! The writer thread: group commit.
+//! The writer and syncer threads: group commit.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrobus_store::storage::{Batch, Op};
 use ferrobus_store::{Completion, StoreError};
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 
+use crate::journal::{self, Journal};
 use crate::RocksOptions;
 
 /// Most operations in one group commit.
@@ -32,12 +34,34 @@ pub(crate) struct Writer {
     db: Arc<crate::db::Db>,
     opts: RocksOptions,
     written: u64,
+    journal: Journal,
+    failed: Failed,
+}
+
+/// Set once a journal sync has failed: what was written since may not be on disk, and the
+/// kernel may have dropped it, so no later write can be acknowledged either (the broker must
+/// be restarted, which replays what the disk holds).
+#[derive(Clone, Default)]
+pub(crate) struct Failed(Arc<Mutex<Option<StoreError>>>);
+
+impl Failed {
+    fn get(&self) -> Option<StoreError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, e: &StoreError) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| e.clone());
+    }
 }
 
 /// A group the writer applied (or failed to), on its way to the syncer.
 pub(crate) struct Written {
     group: Vec<Request>,
-    result: Result<(), StoreError>,
+    /// The journal segment the group went to, or why it could not be written.
+    result: Result<Arc<File>, StoreError>,
     /// Some request of the group waits for durability.
     sync: bool,
     ops: usize,
@@ -46,18 +70,26 @@ pub(crate) struct Written {
 }
 
 impl Writer {
-    pub fn new(db: Arc<crate::db::Db>, opts: RocksOptions) -> Self {
+    pub fn new(
+        db: Arc<crate::db::Db>,
+        opts: RocksOptions,
+        journal: Journal,
+        failed: Failed,
+    ) -> Self {
         Writer {
             db,
             opts,
             written: 0,
+            journal,
+            failed,
         }
     }
 
-    /// Applies groups of requests in arrival order without waiting for the disk, and hands
-    /// each group to the syncer, which makes it durable and completes it. While one fsync runs
-    /// the writer already applies the next groups, so the WAL write and memtable inserts of
-    /// group N+1 overlap the fsync of group N. A group with nothing queued behind it and
+    /// Applies groups of requests in arrival order without waiting for the disk (one journal
+    /// record and one RocksDB write batch per group), and hands each group to the syncer,
+    /// which makes it durable and completes it. While one fsync runs the writer already
+    /// applies the next groups, so the journal write and memtable inserts of group N+1 overlap
+    /// the fsync of group N. A group with nothing queued behind it and
     /// nothing ahead of it at the syncer is synced and completed right here instead, which
     /// saves a thread hand-over when a lone client waits for each message.
     pub fn run(
@@ -66,7 +98,6 @@ impl Writer {
         to_syncer: Sender<Written>,
         handed: Arc<AtomicUsize>,
     ) {
-        let unsynced = WriteOptions::default();
         let mut carried = None;
         loop {
             let first = match carried.take() {
@@ -90,7 +121,7 @@ impl Writer {
                 }
             }
             let started = Instant::now();
-            let result = self.commit(&group, &unsynced, bytes);
+            let result = self.commit(&group, bytes);
             let sync = group.iter().any(|r| !r.batch.lazy);
             let w = Written {
                 group,
@@ -103,7 +134,7 @@ impl Writer {
             carried = rx.try_recv().ok();
             // `handed` is zero only once the syncer has completed everything it was given
             if carried.is_none() && handed.load(Ordering::Acquire) == 0 {
-                finish(&self.db, self.opts.observer.as_deref(), vec![w]);
+                finish(self.opts.observer.as_deref(), &self.failed, vec![w]);
                 continue;
             }
             handed.fetch_add(1, Ordering::AcqRel);
@@ -117,12 +148,11 @@ impl Writer {
         }
     }
 
-    fn commit(
-        &mut self,
-        group: &[Request],
-        opts: &WriteOptions,
-        bytes: usize,
-    ) -> Result<(), StoreError> {
+    /// Writes the group's journal record, then applies it to RocksDB (without its WAL).
+    fn commit(&mut self, group: &[Request], bytes: usize) -> Result<Arc<File>, StoreError> {
+        if let Some(e) = self.failed.get() {
+            return Err(e);
+        }
         if let Some(limit) = self.opts.fail_writes_after_bytes {
             if self.written + bytes as u64 > limit {
                 return Err(StoreError::Full(
@@ -130,32 +160,27 @@ impl Writer {
                 ));
             }
         }
+        let items = journal::merged(group.iter().flat_map(|r| r.batch.ops.iter()));
         let mut wb = WriteBatch::with_capacity_bytes(bytes + 64 * group.len());
-        for r in group {
-            for op in &r.batch.ops {
-                let name = match op {
-                    Op::Put(cf, ..) | Op::Delete(cf, _) | Op::Max(cf, ..) => cf.name(),
-                };
-                let cf = self.db.cf_handle(name).ok_or_else(|| {
-                    StoreError::Storage(format!("column family {name} is missing"))
-                })?;
-                match op {
-                    Op::Put(_, k, v) => wb.put_cf(cf, k, v),
-                    Op::Delete(_, k) => wb.delete_cf(cf, k),
-                    Op::Max(_, k, v) => wb.merge_cf(cf, k, v.to_be_bytes()),
-                }
+        journal::to_write_batch(&self.db, &items, self.journal.next_seq(), &mut wb)?;
+        let file = self.journal.append(&items).map_err(classify_io)?;
+        if let Err(e) = self.db.write_opt(wb, &journal::write_options()) {
+            // the requests fail: the record must not come back at the next start
+            if let Err(undo) = self.journal.undo() {
+                let e = StoreError::Storage(format!("taking back a journal record: {undo}"));
+                self.failed.set(&e);
             }
+            return Err(classify(e));
         }
-        self.db.write_opt(wb, opts).map_err(classify)?;
         self.written += bytes as u64;
-        Ok(())
+        Ok(file)
     }
 }
 
 /// The syncer thread: takes every group the writer has handed over so far and finishes them
 /// together (see [`finish`]).
 pub(crate) fn sync_loop(
-    db: Arc<crate::db::Db>,
+    failed: Failed,
     observer: Option<Arc<dyn CommitObserver>>,
     rx: Receiver<Written>,
     handed: Arc<AtomicUsize>,
@@ -166,18 +191,32 @@ pub(crate) fn sync_loop(
             batch.push(w);
         }
         let n = batch.len();
-        finish(&db, observer.as_deref(), batch);
+        finish(observer.as_deref(), &failed, batch);
         handed.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
-/// Syncs the WAL once for all of `batch` if any group waits for durability (one fsync covers
-/// every earlier write: the WAL is sequential), then completes the groups in order. Lazy-only
-/// groups complete without a sync.
-fn finish(db: &crate::db::Db, observer: Option<&dyn CommitObserver>, batch: Vec<Written>) {
+/// Syncs the journal once for all of `batch` if any group waits for durability (one sync of
+/// a segment covers every earlier record in it; a batch spans two segments at most when the
+/// writer moved on to a new one), then completes the groups in order. Lazy-only groups
+/// complete without a sync. Records in earlier segments were synced when the writer left them.
+fn finish(observer: Option<&dyn CommitObserver>, failed: &Failed, batch: Vec<Written>) {
     let needed = batch.iter().any(|w| w.sync && w.result.is_ok());
     let synced = if needed {
-        db.flush_wal(true).map_err(classify)
+        let mut files: Vec<&Arc<File>> = Vec::new();
+        for f in batch.iter().filter_map(|w| w.result.as_ref().ok()) {
+            if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                files.push(f);
+            }
+        }
+        let r = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .map_err(|e| StoreError::Storage(format!("syncing the journal: {e}")));
+        if let Err(e) = &r {
+            failed.set(e);
+        }
+        r
     } else {
         Ok(())
     };
@@ -193,8 +232,8 @@ fn finish(db: &crate::db::Db, observer: Option<&dyn CommitObserver>, batch: Vec<
     for w in batch {
         let result = match (&w.result, w.sync) {
             (Err(e), _) => Err(e.clone()),
-            (Ok(()), true) => synced.clone(),
-            (Ok(()), false) => Ok(()),
+            (Ok(_), true) => synced.clone(),
+            (Ok(_), false) => Ok(()),
         };
         for r in w.group {
             (r.done)(result.clone());
@@ -213,6 +252,15 @@ fn size(b: &Batch) -> (usize, usize) {
         })
         .sum();
     (b.ops.len(), bytes)
+}
+
+/// A journal write error; a full disk is the producer's problem, as for [`classify`].
+fn classify_io(e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        StoreError::Full(format!("disk full: writing the journal: {e}"))
+    } else {
+        StoreError::Storage(format!("writing the journal: {e}"))
+    }
 }
 
 /// A full disk is the producer's problem to hear about (`amqp:resource-limit-exceeded`);
