@@ -43,8 +43,21 @@ use crate::db::Db;
 /// Records start at multiples of this (the page size: a record never shares a page with the
 /// next one, so a sync writes each page once).
 pub(crate) const BLOCK: usize = 4096;
-/// The default segment size.
-pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Segment sizes: a journal starts with small segments (an idle or test broker keeps a few
+/// MiB on disk) and doubles them, up to the largest, while they fill up in under
+/// [`FAST_FILL`] (a busy broker then flushes RocksDB every 64 MiB, not every 4).
+pub(crate) const SEGMENT_BYTES: Sizes = Sizes {
+    min: 4 * 1024 * 1024,
+    max: 64 * 1024 * 1024,
+};
+const FAST_FILL: Duration = Duration::from_secs(2);
+
+/// The smallest and largest segment size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sizes {
+    pub min: u64,
+    pub max: u64,
+}
 /// Column family holding the last journal sequence number applied (key [`APPLIED`]).
 pub(crate) const CF: &str = "journal";
 /// Key of the last applied journal sequence number, big-endian `u64`.
@@ -84,6 +97,16 @@ struct PoolState {
     stop: bool,
     /// The id of the next segment file created.
     next_id: u64,
+    /// The size new segments get.
+    target: u64,
+}
+
+impl PoolState {
+    /// A name for a new segment file.
+    fn take_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
 }
 
 impl Pool {
@@ -95,8 +118,10 @@ impl Pool {
 /// The writer's end of the journal.
 pub(crate) struct Journal {
     dir: PathBuf,
-    segment_bytes: u64,
+    sizes: Sizes,
     current: Segment,
+    /// When the writer started on the current segment.
+    since: std::time::Instant,
     offset: u64,
     next_seq: u64,
     pool: Arc<Pool>,
@@ -186,26 +211,29 @@ impl Journal {
     /// hole that ends the replay before acknowledged records.
     fn rotate(&mut self, need: u64) -> io::Result<()> {
         self.current.file.sync_data()?;
-        let ready = {
+        let fast = self.since.elapsed() < FAST_FILL;
+        let (ready, id, target) = {
             let mut st = self.pool.lock();
-            let i = st.free.iter().position(|s| s.size >= need);
-            i.map(|i| st.free.swap_remove(i))
+            if fast && st.target < self.sizes.max {
+                st.target = (st.target * 2).min(self.sizes.max);
+            }
+            let ready = st
+                .free
+                .iter()
+                .position(|s| s.size >= need)
+                .map(|i| st.free.swap_remove(i));
+            let id = st.take_id();
+            (ready, id, st.target)
         };
         let next = match ready {
             Some(s) => s,
-            None => {
-                // the retirer keeps a spare ready; this happens when it has not caught up, or
-                // for a group larger than a segment
-                let id = {
-                    let mut st = self.pool.lock();
-                    st.next_id += 1;
-                    st.next_id - 1
-                };
-                create_segment(&self.dir, id, self.segment_bytes.max(need))?
-            }
+            // the retirer keeps a spare ready; this happens when it has not caught up, or for
+            // a group larger than a segment
+            None => create_segment(&self.dir, id, target.max(need))?,
         };
         let full = std::mem::replace(&mut self.current, next);
         self.offset = 0;
+        self.since = std::time::Instant::now();
         self.pool.lock().full.push(full);
         self.pool.wake.notify_all();
         Ok(())
@@ -328,7 +356,7 @@ fn create_segment(dir: &Path, id: u64, size: u64) -> io::Result<Segment> {
 
 /// The retirer thread: after segments fill up, flushes RocksDB (atomically, every column
 /// family) and recycles them; keeps a blank segment ready for the writer.
-pub(crate) fn retire_loop(db: Arc<Db>, pool: Arc<Pool>, dir: PathBuf, segment_bytes: u64) {
+pub(crate) fn retire_loop(db: Arc<Db>, pool: Arc<Pool>, dir: PathBuf) {
     loop {
         let full = {
             let mut st = pool.lock();
@@ -336,8 +364,7 @@ pub(crate) fn retire_loop(db: Arc<Db>, pool: Arc<Pool>, dir: PathBuf, segment_by
                 if st.stop {
                     return;
                 }
-                let spare = st.free.iter().any(|s| s.size == segment_bytes);
-                if !st.full.is_empty() || !spare {
+                if !st.full.is_empty() || st.free.is_empty() {
                     break;
                 }
                 st = pool.wake.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -349,7 +376,8 @@ pub(crate) fn retire_loop(db: Arc<Db>, pool: Arc<Pool>, dir: PathBuf, segment_by
                 Ok(()) => {
                     let mut st = pool.lock();
                     for s in full {
-                        if s.size == segment_bytes && st.free.len() < KEEP_FREE {
+                        // smaller ones than new segments get, and one-off large ones, go
+                        if s.size == st.target && st.free.len() < KEEP_FREE {
                             st.free.push(s);
                         } else {
                             let _ = std::fs::remove_file(&s.path);
@@ -368,14 +396,12 @@ pub(crate) fn retire_loop(db: Arc<Db>, pool: Arc<Pool>, dir: PathBuf, segment_by
                 }
             }
         }
-        let need_spare = !pool.lock().free.iter().any(|s| s.size == segment_bytes);
-        if need_spare {
-            let id = {
-                let mut st = pool.lock();
-                st.next_id += 1;
-                st.next_id - 1
-            };
-            match create_segment(&dir, id, segment_bytes) {
+        let spare = {
+            let mut st = pool.lock();
+            st.free.is_empty().then(|| (st.take_id(), st.target))
+        };
+        if let Some((id, size)) = spare {
+            match create_segment(&dir, id, size) {
                 Ok(s) => pool.lock().free.push(s),
                 Err(e) => {
                     tracing::error!(error = %e, dir = %dir.display(), "creating a journal segment failed; retrying");
@@ -496,7 +522,7 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(
     db: &Db,
     dir: &Path,
-    segment_bytes: u64,
+    sizes: Sizes,
 ) -> Result<(Journal, Arc<Pool>, Recovered), StoreError> {
     let io = |what: &str, e: io::Error| {
         StoreError::Storage(format!("journal {what} in {}: {e}", dir.display()))
@@ -619,10 +645,13 @@ pub(crate) fn recover(
     db.write_opt(wb, &write_options())
         .map_err(|e| StoreError::Storage(format!("writing the journal position: {e}")))?;
     flush(db)?;
+    // keep the largest segments of a usable size (and so the size the last run grew to)
     let blank = vec![0u8; BLOCK];
     let mut free = Vec::new();
+    segments.sort_by_key(|s| std::cmp::Reverse(s.size));
     for s in segments {
-        if s.size != segment_bytes || free.len() > KEEP_FREE {
+        let usable = (sizes.min..=sizes.max).contains(&s.size) && s.size % BLOCK as u64 == 0;
+        if !usable || free.len() > KEEP_FREE {
             std::fs::remove_file(&s.path).map_err(|e| io("removing a segment", e))?;
             continue;
         }
@@ -632,25 +661,26 @@ pub(crate) fn recover(
             .map_err(|e| io("blanking a segment", e))?;
         free.push(s);
     }
+    let target = free.first().map_or(sizes.min, |s| s.size);
+    let current = match free.pop() {
+        Some(s) => s,
+        None => create_segment(dir, next_id, target).map_err(|e| io("creating a segment", e))?,
+    };
     let pool = Arc::new(Pool {
         state: Mutex::new(PoolState {
             free,
             full: Vec::new(),
             stop: false,
             next_id: next_id + 1,
+            target,
         }),
         wake: Condvar::new(),
     });
-    let current = match pool.lock().free.pop() {
-        Some(s) => s,
-        None => {
-            create_segment(dir, next_id, segment_bytes).map_err(|e| io("creating a segment", e))?
-        }
-    };
     let journal = Journal {
         dir: dir.to_path_buf(),
-        segment_bytes,
+        sizes,
         current,
+        since: std::time::Instant::now(),
         offset: 0,
         next_seq: position + 1,
         pool: pool.clone(),

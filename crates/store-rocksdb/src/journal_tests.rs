@@ -217,7 +217,7 @@ fn a_killed_process_loses_nothing_acknowledged_across_recycled_segments() {
 #[test]
 fn a_torn_record_ends_the_replay_and_stale_records_never_come_back() {
     let dir = fresh("torn");
-    let segment = journal::SEGMENT_BYTES;
+    let segment = journal::SEGMENT_BYTES.max;
     let first = Phase::new(0, 10, 1, false);
     crash_after(&dir, segment, first);
     // one record per batch, seq 1..=10, all in one segment: tear the one of batch 8
@@ -259,6 +259,40 @@ fn a_torn_record_ends_the_replay_and_stale_records_never_come_back() {
     let s = open(&dir, segment);
     assert!(s.recovered.records > 0);
     check(&s, &[survived, second]);
+    close(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn segments_start_small_and_grow_while_they_fill_fast() {
+    let dir = fresh("grow");
+    let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
+    let sizes = |dir: &Path| -> Vec<u64> {
+        segments(dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    };
+    assert!(
+        sizes(&dir).iter().all(|n| *n == journal::SEGMENT_BYTES.min),
+        "{:?}",
+        sizes(&dir)
+    );
+    // ~24 MiB of records in well under two seconds per segment
+    for i in 0..8000 {
+        s.write(batch(i, 1, true), Box::new(|_| {}));
+    }
+    ferrobus_store::testing::barrier(&s);
+    let grown = sizes(&dir);
+    assert!(
+        grown.iter().any(|n| *n > journal::SEGMENT_BYTES.min),
+        "{grown:?}"
+    );
+    assert!(grown.len() <= 6, "{grown:?}");
+    close(s);
+    // a restart keeps the grown size
+    let s = RocksStorage::open(&dir, RocksOptions::default()).unwrap();
+    assert!(sizes(&dir).iter().any(|n| *n > journal::SEGMENT_BYTES.min));
     close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

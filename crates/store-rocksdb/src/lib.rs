@@ -47,7 +47,8 @@ pub struct RocksOptions {
     /// Test hook: after this many bytes have been written, every write fails as if the disk
     /// were full. Set from `FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES`; never in production.
     pub fail_writes_after_bytes: Option<u64>,
-    /// Size of a journal segment (default 64 MiB; tests use small ones to exercise recycling).
+    /// A fixed journal segment size (by default they start at 4 MiB and grow to 64 MiB under
+    /// load; tests use small fixed ones to exercise recycling).
     pub journal_segment_bytes: Option<u64>,
 }
 
@@ -74,15 +75,16 @@ impl RocksStorage {
             StoreError::Storage(format!("opening RocksDB in {}: {e}", dir.display()))
         })?;
         let (db, closed) = db::Db::new(db);
-        let segment_bytes = opts
-            .journal_segment_bytes
-            .unwrap_or(journal::SEGMENT_BYTES)
-            .div_ceil(journal::BLOCK as u64)
-            .max(1)
-            * journal::BLOCK as u64;
+        let sizes = match opts.journal_segment_bytes {
+            Some(n) => {
+                let n = n.div_ceil(journal::BLOCK as u64).max(1) * journal::BLOCK as u64;
+                journal::Sizes { min: n, max: n }
+            }
+            None => journal::SEGMENT_BYTES,
+        };
         let journal_dir = dir.join("journal");
         let started = std::time::Instant::now();
-        let (journal, pool, recovered) = journal::recover(&db, &journal_dir, segment_bytes)?;
+        let (journal, pool, recovered) = journal::recover(&db, &journal_dir, sizes)?;
         if recovered.records > 0 || recovered.discarded > 0 {
             tracing::info!(
                 records = recovered.records,
@@ -100,7 +102,7 @@ impl RocksStorage {
         let retire_db = db.clone();
         std::thread::Builder::new()
             .name("ferrobus-store-retire".into())
-            .spawn(move || journal::retire_loop(retire_db, pool, journal_dir, segment_bytes))
+            .spawn(move || journal::retire_loop(retire_db, pool, journal_dir))
             .map_err(|e| StoreError::Storage(format!("starting the retirer thread: {e}")))?;
         let (tx, rx) = channel();
         let (synced_tx, synced_rx) = channel();
