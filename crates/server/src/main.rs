@@ -29,6 +29,12 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LogConfig, Overrides, DEFAULT_CONFIG};
 
+/// Rust's allocations (messages, batches, frames) go to mimalloc: with glibc's malloc, freeing
+/// a group commit's batches and building the next ones cost ~10% of the broker's CPU under
+/// load (RocksDB's own C++ allocations still use glibc's).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A durable AMQP 1.0 message broker with the Azure Service Bus entity model.
 #[derive(Parser, Debug)]
 #[command(version, about)]
