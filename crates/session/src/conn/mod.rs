@@ -32,6 +32,14 @@ use session::Session;
 const EVENT_BATCH: usize = 512;
 /// Bytes written before a flush even in the middle of a batch.
 const FLUSH_AT: usize = 256 * 1024;
+/// A new connection's buffers are small, so an idle connection costs a few KiB; the write
+/// buffer grows with what is written at once, and the read buffer takes [`READ_BLOCK`]s once
+/// less than [`READ_SPARE`] is left.
+const FIRST_READ_BUFFER: usize = 8 * 1024;
+const FIRST_WRITE_BUFFER: usize = 4 * 1024;
+/// Size of the read blocks of a busy connection (messages are slices of them).
+const READ_BLOCK: usize = 64 * 1024;
+const READ_SPARE: usize = 2 * 1024;
 
 /// Why the connection ends.
 #[derive(Debug)]
@@ -107,8 +115,8 @@ pub async fn serve<S>(
     let mut conn = Connection {
         id: NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         io,
-        rbuf: BytesMut::with_capacity(64 * 1024),
-        wbuf: BytesMut::with_capacity(64 * 1024),
+        rbuf: BytesMut::with_capacity(FIRST_READ_BUFFER),
+        wbuf: BytesMut::with_capacity(FIRST_WRITE_BUFFER),
         cfg,
         router: router.clone(),
         tx,
@@ -168,6 +176,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), Fatal> {
         loop {
             let deadline = self.next_deadline();
+            if self.rbuf.capacity() - self.rbuf.len() < READ_SPARE {
+                self.rbuf.reserve(READ_BLOCK);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
