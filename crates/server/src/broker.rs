@@ -16,8 +16,8 @@ use ferrobus_session::{
     OutgoingLink, Refusal, Router,
 };
 use ferrobus_store::{
-    Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, NewMessage, Outcome,
-    ReceiveMode, StoreError,
+    Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, LockToken, NewMessage,
+    Outcome, ReceiveMode, StoreError,
 };
 
 use crate::cbs::Grants;
@@ -137,6 +137,7 @@ impl Router for Broker {
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 inflight,
+                completing: Vec::new(),
                 _gauge: guard,
             })))
         }
@@ -473,6 +474,9 @@ struct Consumer {
     outbox: Outbox,
     metrics: Arc<Metrics>,
     inflight: Inflight,
+    /// Completions the client settled itself, gathered over one disposition range (with each
+    /// message's enqueue time) and written together at its end.
+    completing: Vec<(LockToken, Option<i64>)>,
     _gauge: LinkGauge,
 }
 
@@ -526,6 +530,11 @@ impl OutgoingLink for Consumer {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&tag);
         let completing = outcome == Outcome::Complete;
+        if completing && settled {
+            // settled first, hears nothing back: completed with the rest of the range
+            self.completing.push((dotnet_guid_bytes(tag), enqueued));
+            return;
+        }
         let done: Completion<()> = Box::new(move |r| {
             let echoed = match r {
                 Ok(()) => {
@@ -549,6 +558,32 @@ impl OutgoingLink for Consumer {
         } else {
             self.handle.settle(lock, outcome, done);
         }
+    }
+
+    fn dispositions_end(&mut self) {
+        if self.completing.is_empty() {
+            return;
+        }
+        let (locks, enqueued): (Vec<LockToken>, Vec<Option<i64>>) =
+            std::mem::take(&mut self.completing).into_iter().unzip();
+        let metrics = self.metrics.clone();
+        self.handle.complete_unconfirmed(
+            &locks,
+            Box::new(move |r| {
+                // the client settled first: it hears nothing either way
+                if let Ok(done) = r {
+                    let counter = metrics.settled.with_label_values(&["completed"]);
+                    for (ok, at) in done.into_iter().zip(enqueued) {
+                        if ok {
+                            counter.inc();
+                            if let Some(at) = at {
+                                observe_latency(&metrics, at);
+                            }
+                        }
+                    }
+                }
+            }),
+        );
     }
 }
 

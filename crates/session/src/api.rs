@@ -102,6 +102,10 @@ pub trait OutgoingLink: Send {
         state: Option<DeliveryState>,
         settled: bool,
     );
+
+    /// Every delivery of one disposition frame (a range) has been handed to
+    /// [`OutgoingLink::disposition`]: a link may act on them together now.
+    fn dispositions_end(&mut self) {}
 }
 
 /// The broker side of an attached link.

@@ -5,6 +5,7 @@
 //! which keeps each message's original sequence number. A consumer registers with a lane and a
 //! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
 
+mod complete;
 mod history;
 mod lane;
 mod manage;
@@ -975,6 +976,14 @@ impl ConsumerHandle {
     /// [`Batch::lazy`]).
     pub fn settle_unconfirmed(&self, lock: LockToken, outcome: Outcome, done: Completion<()>) {
         self.queue.settle(Some(self.id), lock, outcome, false, done);
+    }
+
+    /// Completes locked messages the client already considers settled (it settled first and
+    /// hears nothing back), with one storage write for all of them: `done` hears, once it is
+    /// written (before it is synced, see [`Batch::lazy`]), which ones were completed (a lock
+    /// already lost is not).
+    pub fn complete_unconfirmed(&self, locks: &[LockToken], done: Completion<Vec<bool>>) {
+        self.queue.complete_unconfirmed(self.id, locks, done);
     }
 
     /// Unregisters the consumer and returns its locked messages.

@@ -75,6 +75,24 @@ pub fn sync_enqueue(q: &Arc<Queue>, bodies: &[&[u8]]) -> Vec<u64> {
     rx.recv().unwrap().unwrap()
 }
 
+/// Attaches a peek-lock consumer to `q`'s main lane with `credit` and returns it with the
+/// sequence numbers and delivery counts it was handed.
+pub fn take_counted(q: &Arc<Queue>, credit: u32) -> (ConsumerHandle, Vec<(u64, u32)>) {
+    let r = Arc::new(Recorder::default());
+    let c = q.add_consumer(
+        crate::queue::Lane::Main,
+        crate::queue::ReceiveMode::PeekLock,
+        r.clone(),
+    );
+    c.flow(0, credit, false);
+    let got = r
+        .take()
+        .iter()
+        .map(|d| (d.message.seq, d.delivery_count))
+        .collect();
+    (c, got)
+}
+
 pub fn sync_settle(c: &ConsumerHandle, d: &Delivery, o: Outcome) -> Result<(), StoreError> {
     let (tx, rx) = std::sync::mpsc::channel();
     c.settle(d.lock.unwrap(), o, Box::new(move |r| tx.send(r).unwrap()));
@@ -591,6 +609,37 @@ macro_rules! store_suite {
                     assert_eq!(d[0].dead_letter_reason.as_deref(), Some(TTL_EXPIRED));
                 }
             }
+        }
+
+        #[test]
+        fn completions_settled_first_go_together_and_skip_lost_locks() {
+            let _end = $crate::testing::TestGuard;
+            let (s, q) = fresh();
+            sync_enqueue(&q, &[b"a", b"b", b"c", b"d"]);
+            let r = Arc::new(Recorder::default());
+            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, 10, false);
+            let d = r.take();
+            let complete = |locks: &[$crate::LockToken]| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                c.complete_unconfirmed(locks, Box::new(move |r| tx.send(r).unwrap()));
+                rx.recv().unwrap().unwrap()
+            };
+            let unknown = [7u8; 16];
+            assert_eq!(
+                complete(&[d[0].lock.unwrap(), unknown, d[2].lock.unwrap()]),
+                vec![true, false, true]
+            );
+            assert_eq!(q.stats().locked, 2);
+            assert_eq!(q.stats().bytes, 2);
+            // already completed: nothing to do
+            assert_eq!(complete(&[d[0].lock.unwrap()]), vec![false]);
+            barrier(s.as_ref());
+            // a crash: b and d come back, counted once; a and c are gone
+            let _crashed = (c, q);
+            let q2 = open(&s, QueueConfig::default());
+            let (_c2, got) = $crate::testing::take_counted(&q2, 10);
+            assert_eq!(got, vec![(2, 1), (4, 1)]);
         }
     };
 }

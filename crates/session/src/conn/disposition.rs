@@ -46,6 +46,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             v.sort_by_key(|id| id.wrapping_sub(first));
             v
         };
+        // the links that heard of a delivery (a range is usually all one link's)
+        let mut touched: Vec<u32> = Vec::new();
         for id in ids {
             let (link, tag) = if d.settled {
                 session.unsettled.remove(&id).expect("listed")
@@ -57,6 +59,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             if let Some(LinkKind::Out(out)) = session.links.get_mut(&handle).map(|l| &mut l.kind) {
                 out.ep.disposition(id, tag, d.state.clone(), d.settled);
+                if !touched.contains(&handle) {
+                    touched.push(handle);
+                }
+            }
+        }
+        for handle in touched {
+            if let Some(LinkKind::Out(out)) = session.links.get_mut(&handle).map(|l| &mut l.kind) {
+                out.ep.dispositions_end();
             }
         }
         Ok(())
