@@ -256,8 +256,9 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
             listen::Signal::Stop => break,
         }
     }
-    info!("shutting down");
+    // first of all: a load balancer asking from now on must hear 503
     ready.store(false, Ordering::SeqCst);
+    info!("shutting down");
     shutdown.cancel();
     tracker.close();
     let grace = Duration::from_secs(cfg.server.shutdown_timeout_secs);
