@@ -256,34 +256,51 @@ def kib(mid):
     return make_body(mid, min_len=1024, max_len=1024)
 
 
+def send_until_refused(c, snd, prefix, limit=1000):
+    """Sends 1 KiB messages one at a time until one is not accepted. Returns the accepted ids and
+    the refusal (state or "link detached", condition, description, id), or None."""
+    accepted = []
+    for i in range(limit):
+        mid = "%s-%04d" % (prefix, i)
+        d = snd.link.send(Message(body=kib(mid), properties={"id": mid}))
+        try:
+            c.wait(lambda: d.remote_state, timeout=20, msg="disposition for %s" % mid)
+        except LinkDetached as e:
+            return accepted, ("link detached", e.condition, str(e), mid)
+        if d.remote_state == Delivery.ACCEPTED:
+            accepted.append(mid)
+            d.settle()
+            continue
+        cond = d.remote.condition
+        return accepted, (d.remote_state, cond and cond.name, cond and cond.description, mid)
+    return accepted, None
+
+
+def assert_holds_exactly(b, accepted):
+    """The queue holds the accepted messages, in order and intact, and nothing else."""
+    with connection(b) as c:
+        rcv = held_receiver(c, len(accepted) + 5)
+        got = collect(c, rcv, len(accepted), timeout=20)
+        pump(c, 0.5)
+        extra = ids_of([rcv.fetcher.pop() for _ in range(rcv.fetcher.has_message)])
+    assert ids_of(got) == accepted, "accepted messages (first 5): %r" % ids_of(got)[:5]
+    assert_intact(got, min_len=1024, max_len=1024)
+    assert not extra, "messages beyond the accepted ones: %r" % extra
+
+
 def test_write_failure_refuses_with_resource_limit_exceeded_and_broker_stays_up(durable):
     b = durable(env={"FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES": str(FAIL_AFTER)})
-    accepted, refusal = [], None
     c = connect(b)
     try:
-        snd = c.create_sender(QUEUE)
-        for i in range(1000):  # 1000 KiB: five times the budget
-            mid = "d-%04d" % i
-            d = snd.link.send(Message(body=kib(mid), properties={"id": mid}))
-            try:
-                c.wait(lambda: d.remote_state, timeout=20, msg="disposition for %s" % mid)
-            except LinkDetached as e:
-                refusal = ("link detached", e.condition, str(e), mid)
-                break
-            if d.remote_state == Delivery.ACCEPTED:
-                accepted.append(mid)
-                d.settle()
-                continue
-            cond = d.remote.condition
-            refusal = (d.remote_state, cond and cond.name, cond and cond.description, mid)
-            break
+        # up to 1000 KiB: five times the budget
+        accepted, refusal = send_until_refused(c, c.create_sender(QUEUE), "d")
     finally:
         try:
             c.close()
         except Exception:
             pass
     assert refusal is not None, "1000 messages of 1 KiB accepted with a %d-byte write budget" % FAIL_AFTER
-    kind, cond, desc, refused = refusal
+    kind, cond = refusal[0], refusal[1]
     assert kind in (Delivery.REJECTED, "link detached"), "refusal: %r" % (refusal,)
     assert cond == "amqp:resource-limit-exceeded", "refusal: %r" % (refusal,)
     # every accepted message wrote its 1 KiB body: at most 195 fit; far fewer means a refusal too early
@@ -295,14 +312,7 @@ def test_write_failure_refuses_with_resource_limit_exceeded_and_broker_stays_up(
     assert (status, body.strip()) == (200, b"ok"), "/health after the write failure: %r %r" % (status, body)
 
     # what was accepted is still there, in order, intact; the refused message is not
-    with connection(b) as c:
-        rcv = held_receiver(c, len(accepted) + 5)
-        got = collect(c, rcv, len(accepted), timeout=20)
-        pump(c, 0.5)
-        extra = ids_of([rcv.fetcher.pop() for _ in range(rcv.fetcher.has_message)])
-    assert ids_of(got) == accepted, "accepted messages after the failure (first 5): %r" % ids_of(got)[:5]
-    assert_intact(got, min_len=1024, max_len=1024)
-    assert not extra, "messages beyond the accepted ones (the refused %s?): %r" % (refused, extra)
+    assert_holds_exactly(b, accepted)
 
     # a new connection still works: it can receive, and a send gets a definite answer
     with connection(b) as c:
@@ -318,6 +328,34 @@ def test_write_failure_refuses_with_resource_limit_exceeded_and_broker_stays_up(
             "send on a new connection after the failure: %r %r" % (d.remote_state, cond)
     assert b.alive()
     assert b.http_get("/health")[0] == 200
+
+
+def test_a_failed_sync_refuses_every_write_turns_health_503_and_a_restart_recovers(durable):
+    """After a failed journal sync the kernel may have dropped unsynced pages: the broker must not
+    acknowledge anything more, must say so on /health and /ready, and a restart must bring back
+    everything it had accepted."""
+    b = durable(env={"FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES": str(FAIL_AFTER)})
+    with connection(b) as c:
+        snd = c.create_sender(QUEUE)
+        accepted, refusal = send_until_refused(c, snd, "s")
+        assert refusal is not None, "1000 x 1 KiB accepted with a %d-byte budget" % FAIL_AFTER
+        assert refusal[0] == Delivery.REJECTED and refusal[1] == "amqp:internal-error", refusal
+        assert 100 <= len(accepted) <= FAIL_AFTER // 1024, "%d accepted" % len(accepted)
+        # and so is every later write, even a small one
+        d = snd.link.send(Message(body="small", properties={"id": "s-late"}))
+        c.wait(lambda: d.remote_state, timeout=20, msg="disposition for s-late")
+        assert d.remote_state == Delivery.REJECTED, d.remote_state
+    for probe in ("/health", "/ready"):
+        status, _, body = b.http_get(probe)
+        assert status == 503 and body.startswith(b"storage failed:"), (probe, status, body)
+    assert b.alive()
+    assert "every write fails until the broker is restarted" in b.stderr_text()
+
+    b.env = {}
+    assert b.stop() == 0
+    b.restart()
+    assert b.http_get("/health")[0] == 200
+    assert_holds_exactly(b, accepted)
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,12 @@ pub struct EntityCounts {
 pub trait EntitySource: Send + Sync {
     /// Counts of every entity, now.
     fn entity_counts(&self) -> Vec<EntityCounts>;
+
+    /// Why the broker cannot store messages any more, if it cannot (`/health` and `/ready`
+    /// then answer 503 with the reason).
+    fn storage_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The broker's metrics.
@@ -255,7 +261,7 @@ impl Metrics {
 }
 
 /// Serves `/health` (alive), `/ready` (200 while `ready`, else 503) and `/metrics` on
-/// `listener` until `shutdown` fires.
+/// `listener` until `shutdown` fires. Both probes answer 503 once the storage has failed.
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -293,7 +299,16 @@ pub async fn serve_http(
                 let mut parts = line.split_whitespace();
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let path = path.split('?').next().unwrap_or("");
+                let failure = match (method, path) {
+                    ("GET", "/health" | "/ready") => entities.storage_failure(),
+                    _ => None,
+                };
                 let (status, ctype, body) = match (method, path) {
+                    ("GET", "/health" | "/ready") if failure.is_some() => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("storage failed: {}\n", failure.unwrap_or_default()),
+                    ),
                     ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_string()),
                     ("GET", "/ready") if ready.load(Ordering::SeqCst) => {
                         ("200 OK", "text/plain", "ready\n".to_string())

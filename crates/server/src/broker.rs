@@ -15,6 +15,7 @@ use ferrobus_session::{
     AttachRequest, Endpoint, Event, IncomingLink, Outbox, OutgoingBody, OutgoingDelivery,
     OutgoingLink, Refusal, Router,
 };
+use ferrobus_store::storage::Storage;
 use ferrobus_store::{
     Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, LockToken, NewMessage,
     Outcome, ReceiveMode, StoreError,
@@ -33,6 +34,8 @@ const MANAGEMENT_SUFFIX: &str = "/$management";
 /// The router: entities, key rules, request/response nodes and metrics.
 pub struct Broker {
     pub entities: Entities,
+    /// The storage under the entities (for `/health`).
+    pub storage: Arc<dyn Storage>,
     pub keys: Arc<Vec<KeyRule>>,
     pub metrics: Arc<Metrics>,
     /// Receiver links attached from request/response nodes.
@@ -217,6 +220,10 @@ impl Broker {
 }
 
 impl EntitySource for Broker {
+    fn storage_failure(&self) -> Option<String> {
+        self.storage.failure().map(|e| e.to_string())
+    }
+
     fn entity_counts(&self) -> Vec<EntityCounts> {
         self.entities
             .queues()

@@ -161,11 +161,12 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
             (q.name.clone(), qc)
         })
         .collect();
-    let entities = Entities::open(storage, &queues).context("opening the entities")?;
+    let entities = Entities::open(storage.clone(), &queues).context("opening the entities")?;
     let keys = Arc::new(cfg.auth.keys);
     let grants = cbs::Grants::default();
     let broker = Arc::new(broker::Broker {
         entities,
+        storage,
         keys: keys.clone(),
         metrics: metrics.clone(),
         replies: Arc::default(),
@@ -295,23 +296,31 @@ fn open_storage(
     if cfg.storage.kind == "memory" {
         return Ok(Arc::new(MemoryStorage::new()));
     }
-    let fail_writes_after_bytes = match std::env::var("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES") {
-        Ok(v) => {
-            let n = v
-                .parse()
-                .context("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES must be a number of bytes")?;
-            warn!(
-                bytes = n,
-                "test fault injection: writes fail after this many bytes"
-            );
-            Some(n)
+    let fault = |var: &str, what: &str| -> anyhow::Result<Option<u64>> {
+        match std::env::var(var) {
+            Ok(v) => {
+                let n = v
+                    .parse()
+                    .with_context(|| format!("{var} must be a number of bytes"))?;
+                warn!(
+                    bytes = n,
+                    "test fault injection: {what} after this many bytes"
+                );
+                Ok(Some(n))
+            }
+            Err(_) => Ok(None),
         }
-        Err(_) => None,
     };
+    let fail_writes_after_bytes = fault("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES", "writes fail")?;
+    let fail_syncs_after_bytes = fault(
+        "FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES",
+        "the journal sync fails",
+    )?;
     let dir = std::path::Path::new(&cfg.server.data_dir).join("db");
     let opts = ferrobus_store_rocksdb::RocksOptions {
         observer: Some(Arc::new(CommitMetrics(metrics.clone()))),
         fail_writes_after_bytes,
+        fail_syncs_after_bytes,
         ..Default::default()
     };
     let started = std::time::Instant::now();

@@ -47,6 +47,10 @@ pub struct RocksOptions {
     /// Test hook: after this many bytes have been written, every write fails as if the disk
     /// were full. Set from `FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES`; never in production.
     pub fail_writes_after_bytes: Option<u64>,
+    /// Test hook: after this many bytes have been written, the storage behaves as if a journal
+    /// sync had failed (every write fails from then on). Set from
+    /// `FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES`; never in production.
+    pub fail_syncs_after_bytes: Option<u64>,
     /// A fixed journal segment size (by default they start at 4 MiB and grow to 64 MiB under
     /// load; tests use small fixed ones to exercise recycling).
     pub journal_segment_bytes: Option<u64>,
@@ -60,6 +64,7 @@ pub struct RocksStorage {
     /// queue lock held); AMQP credit bounds what producers and consumers can have in flight.
     tx: Option<Sender<writer::Request>>,
     writer: Option<JoinHandle<()>>,
+    failed: writer::Failed,
     /// What opening replayed from the journal.
     #[cfg_attr(not(test), allow(dead_code))]
     recovered: journal::Recovered,
@@ -118,7 +123,7 @@ impl RocksStorage {
             .name("ferrobus-store-sync".into())
             .spawn(move || writer::sync_loop(sync_failed, observer, synced_rx, syncer_handed))
             .map_err(|e| StoreError::Storage(format!("starting the syncer thread: {e}")))?;
-        let w = writer::Writer::new(db.clone(), opts, journal, failed);
+        let w = writer::Writer::new(db.clone(), opts, journal, failed.clone());
         let writer = std::thread::Builder::new()
             .name("ferrobus-store-writer".into())
             .spawn(move || w.run(rx, synced_tx, handed))
@@ -128,6 +133,7 @@ impl RocksStorage {
             closed,
             tx: Some(tx),
             writer: Some(writer),
+            failed,
             recovered,
         })
     }
@@ -153,6 +159,10 @@ impl Storage for RocksStorage {
         if let Err(e) = tx.send(writer::Request { batch, done }) {
             (e.0.done)(Err(StoreError::Storage("the writer thread stopped".into())));
         }
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        self.failed.get()
     }
 
     fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: Visitor<'_>) -> Result<(), StoreError> {

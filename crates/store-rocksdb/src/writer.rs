@@ -45,15 +45,16 @@ pub(crate) struct Writer {
 pub(crate) struct Failed(Arc<Mutex<Option<StoreError>>>);
 
 impl Failed {
-    fn get(&self) -> Option<StoreError> {
+    pub(crate) fn get(&self) -> Option<StoreError> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set(&self, e: &StoreError) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| e.clone());
+        let mut failed = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            tracing::error!(error = %e, "the storage cannot make writes durable any more: every write fails until the broker is restarted");
+            *failed = Some(e.clone());
+        }
     }
 }
 
@@ -152,6 +153,15 @@ impl Writer {
     fn commit(&mut self, group: &[Request], bytes: usize) -> Result<Arc<File>, StoreError> {
         if let Some(e) = self.failed.get() {
             return Err(e);
+        }
+        if let Some(limit) = self.opts.fail_syncs_after_bytes {
+            if self.written + bytes as u64 > limit {
+                let e = StoreError::Storage(
+                    "syncing the journal: injected fault: Input/output error".into(),
+                );
+                self.failed.set(&e);
+                return Err(e);
+            }
         }
         if let Some(limit) = self.opts.fail_writes_after_bytes {
             if self.written + bytes as u64 > limit {

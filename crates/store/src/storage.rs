@@ -109,6 +109,12 @@ pub trait Storage: Send + Sync + 'static {
     /// run inline, so the caller must not hold a lock that `done` takes.
     fn write(&self, batch: Batch, done: Completion<()>);
 
+    /// Why the storage can no longer make writes durable, once that has happened (a failed
+    /// sync: every later write fails until a restart). `None` while it is healthy.
+    fn failure(&self) -> Option<StoreError> {
+        None
+    }
+
     /// Calls `f` with every key/value in `cf` with `start <= key < end`, in key order,
     /// without holding them all in memory at once.
     fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: Visitor<'_>) -> Result<(), StoreError>;
