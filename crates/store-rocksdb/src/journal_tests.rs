@@ -296,3 +296,38 @@ fn segments_start_small_and_grow_while_they_fill_fast() {
     close(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_group_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = fresh("large");
+    let segment = 64 * 1024;
+    let big = Bytes::from(vec![9u8; 300 * 1024]);
+    {
+        let s = open(&dir, segment);
+        let mut b = Batch::default();
+        b.put(Cf::Body, b"big".to_vec(), big.clone());
+        ferrobus_store::testing::write_and_wait(&s, b).unwrap();
+        // it is being written to: not recycled yet
+        assert!(
+            segments(&dir)
+                .iter()
+                .any(|p| std::fs::metadata(p).unwrap().len() > segment),
+            "no segment large enough for the big group"
+        );
+        // the next groups go to ordinary segments again
+        run(&s, Phase::new(0, 40, 1, false));
+        close(s);
+    }
+    let s = open(&dir, segment);
+    assert_eq!(
+        s.get_many(Cf::Body, &[b"big".to_vec()]).unwrap()[0].as_ref(),
+        Some(&big)
+    );
+    check(&s, &[Phase::new(0, 40, 1, false)]);
+    // the one-off segment is not kept for reuse
+    assert!(segments(&dir)
+        .iter()
+        .all(|p| std::fs::metadata(p).unwrap().len() == segment));
+    close(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
