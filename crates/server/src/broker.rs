@@ -120,6 +120,7 @@ impl Router for Broker {
                 queue: resolved.queue,
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
+                pending: Vec::new(),
                 _gauge: guard,
             })))
         } else {
@@ -271,42 +272,75 @@ impl Drop for LinkGauge {
 }
 
 /// A producer link into a queue.
+/// A transfer's messages and size, or why it is refused.
+type Unpacked = Result<(Vec<NewMessage>, u64), Error>;
+
 struct Producer {
     queue: Arc<ferrobus_store::Queue>,
     outbox: Outbox,
     metrics: Arc<Metrics>,
+    /// The messages of the current read, stored together at its end: each transfer's
+    /// delivery id, messages and size, or why it is refused.
+    pending: Vec<(u32, Unpacked)>,
     _gauge: LinkGauge,
 }
 
 impl IncomingLink for Producer {
     fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
         let with_id = self.queue.config().duplicate_detection_ms > 0;
-        let items = match unpack(message_format, &payload, with_id) {
-            Ok(items) => items,
-            Err(err) => {
-                self.outbox
-                    .send(|l| Event::Published(l, delivery_id, rejected(err)));
-                return;
+        let items = unpack(message_format, &payload, with_id).map(|i| (i, payload.len() as u64));
+        self.pending.push((delivery_id, items));
+    }
+
+    fn messages_end(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut groups = Vec::with_capacity(self.pending.len());
+        // per transfer: delivery id, message count and bytes, or the refusal
+        let mut each = Vec::with_capacity(self.pending.len());
+        for (id, r) in self.pending.drain(..) {
+            match r {
+                Ok((items, len)) => {
+                    each.push((id, Ok((items.len() as u64, len))));
+                    groups.push(items);
+                }
+                Err(e) => each.push((id, Err(e))),
             }
-        };
+        }
         let outbox = self.outbox.clone();
         let metrics = self.metrics.clone();
-        let len = payload.len() as u64;
-        let count = items.len() as u64;
-        self.queue.enqueue_at(
-            items,
-            Box::new(move |r| {
+        let handed = groups.len();
+        let published = move |stored: Result<Vec<Result<Vec<u64>, StoreError>>, StoreError>| {
+            let mut stored = match stored {
+                Ok(v) => v
+                    .into_iter()
+                    .map(|r| r.map(drop))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+                Err(e) => vec![Err(e); handed].into_iter(),
+            };
+            for (id, r) in each {
                 let state = match r {
-                    Ok(_) => {
-                        metrics.messages_in.inc_by(count);
-                        metrics.bytes_in.inc_by(len);
-                        DeliveryState::Accepted(Accepted {})
-                    }
-                    Err(e) => rejected(store_error(&e)),
+                    Err(refused) => rejected(refused),
+                    Ok((count, len)) => match stored.next().unwrap_or_else(|| {
+                        Err(StoreError::Storage("no outcome for a transfer".into()))
+                    }) {
+                        Ok(()) => {
+                            metrics.messages_in.inc_by(count);
+                            metrics.bytes_in.inc_by(len);
+                            DeliveryState::Accepted(Accepted {})
+                        }
+                        Err(e) => rejected(store_error(&e)),
+                    },
                 };
-                outbox.send(|l| Event::Published(l, delivery_id, state));
-            }),
-        );
+                outbox.send(|l| Event::Published(l, id, state));
+            }
+        };
+        if groups.is_empty() {
+            return published(Ok(Vec::new()));
+        }
+        self.queue.enqueue_each(groups, Box::new(published));
     }
 }
 

@@ -86,6 +86,11 @@ pub trait IncomingLink: Send {
     /// `delivery_id` once the outcome is known (also for pre-settled transfers, which frees
     /// the credit they used).
     fn message(&mut self, delivery_id: u32, settled: bool, message_format: u32, payload: Bytes);
+
+    /// The messages handed over since the last call are all there is for now (the engine
+    /// calls this once it has handled what one read brought, and before any other
+    /// performative of the connection): a link may store them together now.
+    fn messages_end(&mut self) {}
 }
 
 /// A link we send on (the peer is the receiver).

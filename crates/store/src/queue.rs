@@ -349,101 +349,74 @@ impl Queue {
     /// the window is dropped (and still reported as stored: that is what Service Bus does).
     /// `done` gets the sequence numbers of the messages kept.
     pub fn enqueue_at(self: &Arc<Self>, items: Vec<NewMessage>, done: Completion<Vec<u64>>) {
+        self.enqueue_each(
+            vec![items],
+            Box::new(move |r| done(r.and_then(|mut each| each.pop().expect("one group")))),
+        );
+    }
+
+    /// Stores several groups of messages (one per transfer) with one storage write: each group
+    /// is accepted or refused on its own (a group that does not fit in the queue is refused,
+    /// the others are stored), as [`Queue::enqueue_at`] does for one. `done` gets each group's
+    /// outcome, in order, or the storage's error if the write failed (then nothing is stored).
+    pub fn enqueue_each(
+        self: &Arc<Self>,
+        groups: Vec<Vec<NewMessage>>,
+        done: Completion<Vec<Result<Vec<u64>, StoreError>>>,
+    ) {
         let now = now_ms();
         let mut batch = Batch::default();
         let mut size = 0u64;
-        let entries: Vec<(Entry, Option<i64>)> = {
+        let mut entries: Vec<(Entry, Option<i64>)> = Vec::new();
+        let mut outcomes: Vec<Result<std::ops::Range<usize>, StoreError>> =
+            Vec::with_capacity(groups.len());
+        {
             let mut guard = self.lock();
             let st = &mut *guard;
-            let incoming: u64 = items.iter().map(|m| m.payload.len() as u64).sum();
-            if st.bytes + incoming > self.config.max_size_bytes {
-                drop(guard);
-                return done(Err(StoreError::Full(format!(
-                    "queue '{}' holds {} of {} bytes",
-                    self.name,
-                    self.stats().bytes,
-                    self.config.max_size_bytes
-                ))));
-            }
-            let mut out = Vec::with_capacity(items.len());
-            for m in items {
-                if self.config.duplicate_detection_ms > 0 {
-                    if let Some(id) = &m.message_id {
-                        if st.dedup.seen(id, now, self.config.duplicate_detection_ms) {
-                            continue;
-                        }
-                        st.dedup.record(id.clone(), now);
-                        batch.put(
-                            Cf::Dedup,
-                            keys::dedup_key(self.id, id),
-                            Bytes::copy_from_slice(&now.to_be_bytes()),
-                        );
-                    }
+            for items in groups {
+                let incoming: u64 = items.iter().map(|m| m.payload.len() as u64).sum();
+                if st.bytes + incoming > self.config.max_size_bytes {
+                    outcomes.push(Err(StoreError::Full(format!(
+                        "queue '{}' holds {} of {} bytes",
+                        self.name, st.bytes, self.config.max_size_bytes
+                    ))));
+                    continue;
                 }
-                let at = m.scheduled_ms.filter(|at| *at > now);
-                let ttl = match (m.ttl_ms, self.config.default_ttl_ms) {
-                    (Some(t), 0) => Some(t),
-                    (Some(t), d) => Some(t.min(d)),
-                    (None, 0) => None,
-                    (None, d) => Some(d),
-                };
-                // a scheduled message lives from its scheduled time
-                let expires = ttl.map(|t| {
-                    at.unwrap_or(now)
-                        .saturating_add(t.min(i64::MAX as u64) as i64)
-                });
-                let seq = st.next_seq;
-                st.next_seq += 1;
-                size += m.payload.len() as u64;
-                let body = BodyRecord {
-                    enqueued_ms: now,
-                    expires_ms: expires.unwrap_or(0),
-                    payload: m.payload,
-                };
-                batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
-                let r = RefRecord {
-                    size: body.payload.len() as u32,
-                    scheduled_ms: at,
-                    expires_ms: expires,
-                    ..Default::default()
-                };
-                let lane = if at.is_some() {
-                    LANE_SCHEDULED
-                } else {
-                    LANE_ACTIVE
-                };
-                batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
-                let e = Entry {
-                    msg: Arc::new(Message {
-                        seq,
-                        enqueued_ms: now,
-                        expires_ms: expires,
-                        payload: body.payload,
-                    }),
-                    delivery_count: 0,
-                    dead_letter_reason: None,
-                    dead_letter_description: None,
-                };
-                out.push((e, at));
+                let first = entries.len();
+                let staged = self.stage(st, items, now, &mut batch, &mut entries);
+                st.bytes += staged;
+                size += staged;
+                outcomes.push(Ok(first..entries.len()));
             }
-            st.bytes += size;
-            out
-        };
+        }
         if let Some((e, _)) = entries.last() {
             batch.max(Cf::Meta, keys::last_seq_key(self.id), e.msg.seq);
+        }
+        if batch.is_empty() {
+            // every group refused, or only duplicates
+            let each = outcomes
+                .into_iter()
+                .map(|o| o.map(|_| Vec::new()))
+                .collect();
+            return done(Ok(each));
         }
         let me = self.clone();
         self.storage.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
-                    let seqs = entries.iter().map(|(e, _)| e.msg.seq).collect();
+                    let each = outcomes
+                        .into_iter()
+                        .map(|o| {
+                            o.map(|range| entries[range].iter().map(|(e, _)| e.msg.seq).collect())
+                        })
+                        .collect();
                     let (later, now): (Vec<_>, Vec<_>) =
                         entries.into_iter().partition(|(_, at)| at.is_some());
                     me.add_scheduled(later);
                     me.make_available(Lane::Main, now.into_iter().map(|(e, _)| e).collect(), true);
                     drop(me);
-                    done(Ok(seqs));
+                    done(Ok(each));
                 }
                 Err(e) => {
                     me.lock().bytes -= size;
@@ -451,6 +424,80 @@ impl Queue {
                 }
             }),
         );
+    }
+
+    /// Adds one group's messages to `batch` and `entries` (sequence numbers, duplicate
+    /// detection, time to live, schedule) and returns their payload bytes.
+    fn stage(
+        &self,
+        st: &mut State,
+        items: Vec<NewMessage>,
+        now: i64,
+        batch: &mut Batch,
+        entries: &mut Vec<(Entry, Option<i64>)>,
+    ) -> u64 {
+        let mut size = 0;
+        for m in items {
+            if self.config.duplicate_detection_ms > 0 {
+                if let Some(id) = &m.message_id {
+                    if st.dedup.seen(id, now, self.config.duplicate_detection_ms) {
+                        continue;
+                    }
+                    st.dedup.record(id.clone(), now);
+                    batch.put(
+                        Cf::Dedup,
+                        keys::dedup_key(self.id, id),
+                        Bytes::copy_from_slice(&now.to_be_bytes()),
+                    );
+                }
+            }
+            let at = m.scheduled_ms.filter(|at| *at > now);
+            let ttl = match (m.ttl_ms, self.config.default_ttl_ms) {
+                (Some(t), 0) => Some(t),
+                (Some(t), d) => Some(t.min(d)),
+                (None, 0) => None,
+                (None, d) => Some(d),
+            };
+            // a scheduled message lives from its scheduled time
+            let expires = ttl.map(|t| {
+                at.unwrap_or(now)
+                    .saturating_add(t.min(i64::MAX as u64) as i64)
+            });
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            size += m.payload.len() as u64;
+            let body = BodyRecord {
+                enqueued_ms: now,
+                expires_ms: expires.unwrap_or(0),
+                payload: m.payload,
+            };
+            batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
+            let r = RefRecord {
+                size: body.payload.len() as u32,
+                scheduled_ms: at,
+                expires_ms: expires,
+                ..Default::default()
+            };
+            let lane = if at.is_some() {
+                LANE_SCHEDULED
+            } else {
+                LANE_ACTIVE
+            };
+            batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
+            let e = Entry {
+                msg: Arc::new(Message {
+                    seq,
+                    enqueued_ms: now,
+                    expires_ms: expires,
+                    payload: body.payload,
+                }),
+                delivery_count: 0,
+                dead_letter_reason: None,
+                dead_letter_description: None,
+            };
+            entries.push((e, at));
+        }
+        size
     }
 
     fn make_available(&self, lane: Lane, entries: Vec<Entry>, fresh: bool) {

@@ -115,8 +115,12 @@ macro_rules! store_suite {
         }
 
         fn fresh() -> (Arc<dyn Storage>, Arc<Queue>) {
+            with_config(QueueConfig::default())
+        }
+
+        fn with_config(cfg: QueueConfig) -> (Arc<dyn Storage>, Arc<Queue>) {
             let s: Arc<dyn Storage> = $storage;
-            let q = open(&s, QueueConfig::default());
+            let q = open(&s, cfg);
             (s, q)
         }
 
@@ -220,14 +224,10 @@ macro_rules! store_suite {
         #[test]
         fn max_delivery_count_dead_letters() {
             let _end = $crate::testing::TestGuard;
-            let s: Arc<dyn Storage> = $storage;
-            let q = open(
-                &s,
-                QueueConfig {
-                    max_delivery_count: 2,
-                    ..Default::default()
-                },
-            );
+            let (_s, q) = with_config(QueueConfig {
+                max_delivery_count: 2,
+                ..Default::default()
+            });
             sync_enqueue(&q, &[b"x"]);
             let r = Arc::new(Recorder::default());
             let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
@@ -357,14 +357,10 @@ macro_rules! store_suite {
         #[test]
         fn a_full_queue_refuses_and_keeps_what_it_has() {
             let _end = $crate::testing::TestGuard;
-            let s: Arc<dyn Storage> = $storage;
-            let q = open(
-                &s,
-                QueueConfig {
-                    max_size_bytes: 10,
-                    ..Default::default()
-                },
-            );
+            let (_s, q) = with_config(QueueConfig {
+                max_size_bytes: 10,
+                ..Default::default()
+            });
             sync_enqueue(&q, &[b"12345678"]);
             let (tx, rx) = std::sync::mpsc::channel();
             q.enqueue(
@@ -493,14 +489,10 @@ macro_rules! store_suite {
         #[test]
         fn an_expired_lock_returns_the_message_counted_and_settling_it_fails() {
             let _end = $crate::testing::TestGuard;
-            let s: Arc<dyn Storage> = $storage;
-            let q = open(
-                &s,
-                QueueConfig {
-                    lock_duration_ms: 1000,
-                    ..Default::default()
-                },
-            );
+            let (s, q) = with_config(QueueConfig {
+                lock_duration_ms: 1000,
+                ..Default::default()
+            });
             sync_enqueue(&q, &[b"a"]);
             let r = Arc::new(Recorder::default());
             let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
@@ -640,6 +632,38 @@ macro_rules! store_suite {
             let q2 = open(&s, QueueConfig::default());
             let (_c2, got) = $crate::testing::take_counted(&q2, 10);
             assert_eq!(got, vec![(2, 1), (4, 1)]);
+        }
+
+        #[test]
+        fn transfers_stored_together_are_each_accepted_or_refused() {
+            let _end = $crate::testing::TestGuard;
+            let (_s, q) = with_config(QueueConfig {
+                max_size_bytes: 10,
+                ..QueueConfig::default()
+            });
+            let group = |bodies: &[&[u8]]| -> Vec<$crate::NewMessage> {
+                bodies
+                    .iter()
+                    .map(|b| $crate::NewMessage::new(bytes::Bytes::copy_from_slice(b)))
+                    .collect()
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            q.enqueue_each(
+                vec![
+                    group(&[b"aaaa", b"bb"]),
+                    group(&[b"cccccccc"]),
+                    group(&[b"dd"]),
+                ],
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            let each = rx.recv().unwrap().unwrap();
+            assert_eq!(each.len(), 3);
+            assert_eq!(each[0].as_ref().unwrap(), &vec![1, 2]);
+            assert!(matches!(each[1], Err(StoreError::Full(_))), "{:?}", each[1]);
+            assert_eq!(each[2].as_ref().unwrap(), &vec![3]);
+            let (_c, got) = $crate::testing::take_counted(&q, 10);
+            assert_eq!(got, vec![(1, 0), (2, 0), (3, 0)]);
+            assert_eq!(q.stats().bytes, 8);
         }
     };
 }

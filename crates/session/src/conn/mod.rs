@@ -81,6 +81,8 @@ pub(crate) struct Connection<S> {
     io: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Incoming links (channel, handle) handed messages since their last `messages_end`.
+    incoming: Vec<(u16, u32)>,
     cfg: Arc<EngineConfig>,
     router: Arc<dyn Router>,
     tx: UnboundedSender<Event>,
@@ -117,6 +119,7 @@ pub async fn serve<S>(
         io,
         rbuf: BytesMut::with_capacity(FIRST_READ_BUFFER),
         wbuf: BytesMut::with_capacity(FIRST_WRITE_BUFFER),
+        incoming: Vec::new(),
         cfg,
         router: router.clone(),
         tx,
@@ -215,13 +218,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Tells every incoming link that got messages that they are all there is for now.
+    fn messages_end(&mut self) {
+        for (channel, handle) in std::mem::take(&mut self.incoming) {
+            let link = self
+                .sessions
+                .get_mut(&channel)
+                .and_then(|s| s.links.get_mut(&handle));
+            if let Some(attach::LinkKind::In(inl)) = link.map(|l| &mut l.kind) {
+                inl.ep.messages_end();
+            }
+        }
+    }
+
     /// Decodes and handles every whole frame in the read buffer. True when the peer closed.
     fn process_frames(&mut self) -> Result<bool, Fatal> {
         loop {
             let frame = match decode_frame(&mut self.rbuf, self.cfg.max_frame_size, FrameKind::Amqp)
             {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(false),
+                Ok(None) => {
+                    self.messages_end();
+                    return Ok(false);
+                }
                 Err(FrameError::Framing(m)) => {
                     return Err(close_with(ConnectionError::FramingError, m))
                 }
@@ -241,6 +260,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 ));
             };
             let Some(perf) = body else { continue };
+            if !matches!(perf, Performative::Transfer(_)) {
+                // whatever this does (a detach, a close, a management request) comes after the
+                // messages before it
+                self.messages_end();
+            }
             match perf {
                 Performative::Open(_) => {
                     return Err(close_with(

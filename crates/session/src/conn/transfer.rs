@@ -55,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             LinkKind::In(inl) => inl,
         };
         let mut complete = None;
+        let mut handed = false;
         let mut too_large: Option<(u32, bool, u64)> = None;
         let mut fail = None;
         if inl.partial.is_none() {
@@ -123,6 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 inl.outstanding += 1;
                 inl.ep.message(id, settled, format, payload);
+                handed = true;
             }
         }
         if let Some((id, settled, _)) = too_large {
@@ -131,6 +133,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 inl.unsettled.insert(id);
             }
             inl.outstanding += 1;
+        }
+        if handed && !self.incoming.contains(&(channel, handle)) {
+            self.incoming.push((channel, handle));
         }
         if renew_window {
             self.session_flow(channel);
