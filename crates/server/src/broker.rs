@@ -271,10 +271,10 @@ impl Drop for LinkGauge {
     }
 }
 
-/// A producer link into a queue.
 /// A transfer's messages and size, or why it is refused.
 type Unpacked = Result<(Vec<NewMessage>, u64), Error>;
 
+/// A producer link into a queue.
 struct Producer {
     queue: Arc<ferrobus_store::Queue>,
     outbox: Outbox,
@@ -312,14 +312,12 @@ impl IncomingLink for Producer {
         let metrics = self.metrics.clone();
         let handed = groups.len();
         let published = move |stored: Result<Vec<Result<Vec<u64>, StoreError>>, StoreError>| {
-            let mut stored = match stored {
-                Ok(v) => v
-                    .into_iter()
-                    .map(|r| r.map(drop))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-                Err(e) => vec![Err(e); handed].into_iter(),
+            // one outcome per transfer handed to the queue
+            let stored: Vec<Result<(), StoreError>> = match stored {
+                Ok(v) => v.into_iter().map(|r| r.map(drop)).collect(),
+                Err(e) => vec![Err(e); handed],
             };
+            let mut stored = stored.into_iter();
             for (id, r) in each {
                 let state = match r {
                     Err(refused) => rejected(refused),

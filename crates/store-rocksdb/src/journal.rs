@@ -212,24 +212,22 @@ impl Journal {
     fn rotate(&mut self, need: u64) -> io::Result<()> {
         self.current.file.sync_data()?;
         let fast = self.since.elapsed() < FAST_FILL;
-        let (ready, id, target) = {
+        // a free segment with room, or the name and size of a new one
+        let ready = {
             let mut st = self.pool.lock();
             if fast && st.target < self.sizes.max {
                 st.target = (st.target * 2).min(self.sizes.max);
             }
-            let ready = st
-                .free
-                .iter()
-                .position(|s| s.size >= need)
-                .map(|i| st.free.swap_remove(i));
-            let id = st.take_id();
-            (ready, id, st.target)
+            match st.free.iter().position(|s| s.size >= need) {
+                Some(i) => Ok(st.free.swap_remove(i)),
+                None => Err((st.take_id(), st.target.max(need))),
+            }
         };
         let next = match ready {
-            Some(s) => s,
+            Ok(s) => s,
             // the retirer keeps a spare ready; this happens when it has not caught up, or for
             // a group larger than a segment
-            None => create_segment(&self.dir, id, target.max(need))?,
+            Err((id, size)) => create_segment(&self.dir, id, size)?,
         };
         let full = std::mem::replace(&mut self.current, next);
         self.offset = 0;

@@ -500,6 +500,17 @@ impl Queue {
         size
     }
 
+    /// Makes messages of both lanes available again (returned, not fresh), in the given order.
+    fn make_available_again(&self, entries: Vec<(Lane, Entry)>) {
+        let (main, dead): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|(l, _)| *l == Lane::Main);
+        for (lane, es) in [(Lane::Main, main), (Lane::DeadLetter, dead)] {
+            if !es.is_empty() {
+                self.make_available(lane, es.into_iter().map(|(_, e)| e).collect(), false);
+            }
+        }
+    }
+
     fn make_available(&self, lane: Lane, entries: Vec<Entry>, fresh: bool) {
         let mut pending = Batch::default();
         {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Lane, Locked, Outcome, Queue};
+use super::{Locked, Outcome, Queue};
 use crate::keys;
 use crate::storage::{Batch, Cf};
 use crate::{Completion, LockToken};
@@ -64,16 +64,7 @@ impl Queue {
                         .iter()
                         .map(|(_, e)| e.msg.payload.len() as u64)
                         .sum::<u64>();
-                    for lane in [Lane::Main, Lane::DeadLetter] {
-                        let back: Vec<_> = taken
-                            .iter()
-                            .filter(|(l, _)| *l == lane)
-                            .map(|(_, e)| e.clone())
-                            .collect();
-                        if !back.is_empty() {
-                            me.make_available(lane, back, false);
-                        }
-                    }
+                    me.make_available_again(taken);
                     done(Err(e))
                 }
             }),

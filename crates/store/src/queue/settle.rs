@@ -236,20 +236,7 @@ impl Queue {
         batch.lazy = true;
         returned.sort_by_key(|(_, e)| e.msg.seq);
         let me = self.clone();
-        self.storage.write(
-            batch,
-            Box::new(move |_| {
-                for lane in [Lane::Main, Lane::DeadLetter] {
-                    let entries: Vec<Entry> = returned
-                        .iter()
-                        .filter(|(l, _)| *l == lane)
-                        .map(|(_, e)| e.clone())
-                        .collect();
-                    if !entries.is_empty() {
-                        me.make_available(lane, entries, false);
-                    }
-                }
-            }),
-        );
+        self.storage
+            .write(batch, Box::new(move |_| me.make_available_again(returned)));
     }
 }
