@@ -10,8 +10,8 @@ export FERROBUS_BIN="${FERROBUS_BIN:-$CARGO_TARGET_DIR/release/ferrobus}"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 
-# Debian packages the Rust build needs.
-BUILD_PACKAGES=(build-essential pkg-config)
+# Debian packages the Rust build needs (clang and libclang-dev: RocksDB's bindgen loads libclang).
+BUILD_PACKAGES=(build-essential pkg-config clang libclang-dev)
 
 apt_install_missing() {
     local missing=()
