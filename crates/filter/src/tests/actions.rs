@@ -76,6 +76,7 @@ fn statement_errors() {
         }
     );
     assert_eq!(err("SET a = b = 1"), ParseError::new(8, K::ExpectedValue));
+    assert_eq!(err("SET x = a > 1"), ParseError::new(8, K::ExpectedValue));
     assert_eq!(
         err("SET sys.SequenceNumber = 1"),
         ParseError::new(4, K::ReadOnly("SequenceNumber"))

@@ -285,6 +285,10 @@ fn parse_errors_carry_positions() {
             6,
             expected("an operator or the end of the expression", "'='"),
         ),
+        ("a = 5.", 4, K::BadNumber),
+        ("a = .5", 4, expected("a value", "'.'")),
+        ("user.in = 1", 5, expected("a property name", "IN")),
+        ("a.b = 1", 0, K::UnknownScope("a".into())),
     ];
     for (text, position, kind) in cases {
         let e = parse_err(text);
