@@ -3,6 +3,7 @@
 //! comparisons, `LIKE` and the left side of `IN`; `AND` is false if any operand is false,
 //! `OR` true if any is true, and unknown otherwise if any operand is unknown.
 
+use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,13 +35,18 @@ pub(crate) fn truth(v: &Value, what: &'static str) -> Result<Truth, EvalError> {
 
 /// Evaluates `e`. Conditions come back as `Value::Bool` or `Value::Null` (unknown).
 pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
-    Ok(match e {
-        Expr::Const(v) | Expr::Param { value: v, .. } => v.clone(),
+    eval_ref(e, msg).map(Cow::into_owned)
+}
+
+/// [`eval`] without copying constants: they are borrowed from the tree.
+fn eval_ref<'e>(e: &'e Expr, msg: &dyn Message) -> Result<Cow<'e, Value>, EvalError> {
+    Ok(Cow::Owned(match e {
+        Expr::Const(v) | Expr::Param { value: v, .. } => return Ok(Cow::Borrowed(v)),
         Expr::Prop(p) => property(p, msg),
-        Expr::PropertyFn(arg) => match eval(arg, msg)? {
+        Expr::PropertyFn(arg) => match &*eval_ref(arg, msg)? {
             Value::Null => Value::Null,
             Value::String(name) => {
-                let p = PropRef::from_text(&name).map_err(EvalError::UnknownSystemProperty)?;
+                let p = PropRef::from_text(name).map_err(EvalError::UnknownSystemProperty)?;
                 property(&p, msg)
             }
             other => {
@@ -51,18 +57,20 @@ pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
             }
         },
         Expr::NewId => Value::Uuid(new_uuid()),
-        Expr::Neg(x) => value::negate(&eval(x, msg)?)?,
-        Expr::Plus(x) => value::plus(&eval(x, msg)?)?,
-        Expr::Arith(op, a, b) => value::arith(*op, &eval(a, msg)?, &eval(b, msg)?)?,
-        Expr::Compare(op, a, b) => {
-            truth_value(value::compare(*op, &eval(a, msg)?, &eval(b, msg)?)?)
-        }
-        Expr::Not(x) => truth_value(truth(&eval(x, msg)?, "NOT")?.map(|b| !b)),
+        Expr::Neg(x) => value::negate(&*eval_ref(x, msg)?)?,
+        Expr::Plus(x) => value::plus(&*eval_ref(x, msg)?)?,
+        Expr::Arith(op, a, b) => value::arith(*op, &*eval_ref(a, msg)?, &*eval_ref(b, msg)?)?,
+        Expr::Compare(op, a, b) => truth_value(value::compare(
+            *op,
+            &*eval_ref(a, msg)?,
+            &*eval_ref(b, msg)?,
+        )?),
+        Expr::Not(x) => truth_value(truth(&*eval_ref(x, msg)?, "NOT")?.map(|b| !b)),
         Expr::And(items) => {
             let mut unknown = false;
             for item in items {
-                match truth(&eval(item, msg)?, "AND")? {
-                    Some(false) => return Ok(Value::Bool(false)),
+                match truth(&*eval_ref(item, msg)?, "AND")? {
+                    Some(false) => return Ok(Cow::Owned(Value::Bool(false))),
                     Some(true) => {}
                     None => unknown = true,
                 }
@@ -72,15 +80,15 @@ pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
         Expr::Or(items) => {
             let mut unknown = false;
             for item in items {
-                match truth(&eval(item, msg)?, "OR")? {
-                    Some(true) => return Ok(Value::Bool(true)),
+                match truth(&*eval_ref(item, msg)?, "OR")? {
+                    Some(true) => return Ok(Cow::Owned(Value::Bool(true))),
                     Some(false) => {}
                     None => unknown = true,
                 }
             }
             truth_value((!unknown).then_some(false))
         }
-        Expr::IsNull { expr, negated } => Value::Bool(eval(expr, msg)?.is_null() != *negated),
+        Expr::IsNull { expr, negated } => Value::Bool(eval_ref(expr, msg)?.is_null() != *negated),
         Expr::Exists(p) => Value::Bool(match p {
             PropRef::System(s) => msg.system(*s).is_some_and(|v| !v.is_null()),
             PropRef::User(n) => msg.user(n).is_some(),
@@ -90,13 +98,13 @@ pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
             list,
             negated,
         } => {
-            let left = eval(expr, msg)?;
+            let left = eval_ref(expr, msg)?;
             if left.is_null() {
-                return Ok(Value::Null);
+                return Ok(Cow::Owned(Value::Null));
             }
             let mut result = Some(false);
             for item in list {
-                match value::equal(&left, &eval(item, msg)?)? {
+                match value::equal(&left, &*eval_ref(item, msg)?)? {
                     Some(true) => {
                         result = Some(true);
                         break;
@@ -114,8 +122,9 @@ pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
             compiled,
             negated,
         } => {
-            let text = match eval(expr, msg)? {
-                Value::Null => return Ok(Value::Null),
+            let value = eval_ref(expr, msg)?;
+            let text = match &*value {
+                Value::Null => return Ok(Cow::Owned(Value::Null)),
                 Value::String(s) => s,
                 other => {
                     return Err(EvalError::TypeUnary {
@@ -125,15 +134,15 @@ pub(crate) fn eval(e: &Expr, msg: &dyn Message) -> Result<Value, EvalError> {
                 }
             };
             let matched = match compiled {
-                Some(p) => p.is_match(&text),
+                Some(p) => p.is_match(text),
                 None => match runtime_pattern(pattern, escape.as_deref(), msg)? {
-                    Some(p) => p.is_match(&text),
-                    None => return Ok(Value::Null),
+                    Some(p) => p.is_match(text),
+                    None => return Ok(Cow::Owned(Value::Null)),
                 },
             };
             Value::Bool(matched != *negated)
         }
-    })
+    }))
 }
 
 /// Compiles a pattern computed from the message; `None` when pattern or escape is null.
@@ -142,7 +151,7 @@ fn runtime_pattern(
     escape: Option<&Expr>,
     msg: &dyn Message,
 ) -> Result<Option<LikePattern>, EvalError> {
-    let as_text = |v: Value| match v {
+    let as_text = |v: Cow<'_, Value>| match v.into_owned() {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s)),
         other => Err(EvalError::TypeUnary {
@@ -150,12 +159,12 @@ fn runtime_pattern(
             found: other.kind(),
         }),
     };
-    let Some(pattern) = as_text(eval(pattern, msg)?)? else {
+    let Some(pattern) = as_text(eval_ref(pattern, msg)?)? else {
         return Ok(None);
     };
     let escape = match escape {
         None => None,
-        Some(e) => match as_text(eval(e, msg)?)? {
+        Some(e) => match as_text(eval_ref(e, msg)?)? {
             None => return Ok(None),
             Some(e) => Some(LikePattern::escape_char(&e).map_err(EvalError::BadPattern)?),
         },

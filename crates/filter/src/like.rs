@@ -67,18 +67,26 @@ impl LikePattern {
 
     /// Whether the whole of `text` matches.
     pub(crate) fn is_match(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
+        if text.is_ascii() {
+            self.match_units(text.as_bytes())
+        } else {
+            self.match_units(&text.chars().collect::<Vec<char>>())
+        }
+    }
+
+    /// The matcher over the text's characters: bytes of an ASCII text, else `char`s.
+    fn match_units<C: Unit>(&self, text: &[C]) -> bool {
         let parts = &self.parts;
         let first = &parts[0];
         if parts.len() == 1 {
-            return text.len() == first.len() && matches_at(&text, first);
+            return text.len() == first.len() && matches_at(text, first);
         }
         let last = &parts[parts.len() - 1];
         if first.len() + last.len() > text.len() {
             return false;
         }
         let end = text.len() - last.len();
-        if !matches_at(&text, first) || !matches_at(&text[end..], last) {
+        if !matches_at(text, first) || !matches_at(&text[end..], last) {
             return false;
         }
         let mut pos = first.len();
@@ -92,13 +100,30 @@ impl LikePattern {
     }
 }
 
-/// Whether `part` matches the start of `text` (`text` at least as long as `part`).
-fn matches_at(text: &[char], part: &[Atom]) -> bool {
-    text.len() >= part.len() && part.iter().zip(text).all(|(a, &c)| a.matches(c))
+/// One character of the text: a byte of ASCII text, or a `char`.
+trait Unit: Copy {
+    fn char(self) -> char;
+}
+
+impl Unit for u8 {
+    fn char(self) -> char {
+        char::from(self)
+    }
+}
+
+impl Unit for char {
+    fn char(self) -> char {
+        self
+    }
+}
+
+/// Whether `part` matches the start of `text`.
+fn matches_at<C: Unit>(text: &[C], part: &[Atom]) -> bool {
+    text.len() >= part.len() && part.iter().zip(text).all(|(a, c)| a.matches(c.char()))
 }
 
 /// The leftmost index in `text` where `part` matches.
-fn find(text: &[char], part: &[Atom]) -> Option<usize> {
+fn find<C: Unit>(text: &[C], part: &[Atom]) -> Option<usize> {
     if part.len() > text.len() {
         return None;
     }
@@ -189,8 +214,8 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_backtracking(
-            text in "[ab%_!]{0,10}",
-            pattern in "[ab%_!]{0,8}",
+            text in "[ab%_!é]{0,10}",
+            pattern in "[ab%_!é]{0,8}",
             escaped in any::<bool>(),
         ) {
             let escape = escaped.then_some('!');

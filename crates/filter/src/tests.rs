@@ -48,3 +48,14 @@ pub(crate) fn parse_err(text: &str) -> ParseError {
 pub(crate) fn err_kind(text: &str) -> ParseErrorKind {
     parse_err(text).kind
 }
+
+/// The broker shares parsed rules between tasks.
+#[test]
+fn rules_are_send_and_sync() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<crate::Rule>();
+    shareable::<crate::Filter>();
+    shareable::<crate::SqlAction>();
+    shareable::<crate::ParseError>();
+    shareable::<crate::EvalError>();
+}
