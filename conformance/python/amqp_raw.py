@@ -268,6 +268,21 @@ def _decode_fixed(code, raw):
 _WIDTH = {0x5: 1, 0x6: 2, 0x7: 4, 0x8: 8, 0x9: 16}
 
 
+def _compound_header(buf, pos, small):
+    """The size and count fields of a list, map or array (one byte each when small, else four).
+    Returns (count, end, pos): where the compound ends by its size, and the position after count."""
+    if small:
+        _need(buf, pos, 2)
+        size, count = buf[pos], buf[pos + 1]
+        start, pos = pos + 1, pos + 2
+    else:
+        _need(buf, pos, 8)
+        size, count = struct.unpack(">II", buf[pos:pos + 8])
+        start, pos = pos + 4, pos + 8
+    _need(buf, start, size)
+    return count, start + size, pos
+
+
 def _decode_ctor_value(buf, pos, code):
     """Decode a value whose constructor byte `code` has been consumed."""
     hi = code >> 4
@@ -312,18 +327,7 @@ def _decode_ctor_value(buf, pos, code):
             return Symbol(raw.decode("ascii")), pos
         raise DecodeError("invalid constructor 0x%02x" % code)
     if hi in (0xC, 0xD):
-        if hi == 0xC:
-            _need(buf, pos, 2)
-            size, count = buf[pos], buf[pos + 1]
-            start = pos + 1
-            pos += 2
-        else:
-            _need(buf, pos, 8)
-            size, count = struct.unpack(">II", buf[pos:pos + 8])
-            start = pos + 4
-            pos += 8
-        end = start + size
-        _need(buf, start, size)
+        count, end, pos = _compound_header(buf, pos, small=hi == 0xC)
         items = []
         for _ in range(count):
             v, pos = decode_value(buf, pos)
@@ -342,18 +346,7 @@ def _decode_ctor_value(buf, pos, code):
             return d, pos
         raise DecodeError("invalid constructor 0x%02x" % code)
     if hi in (0xE, 0xF):
-        if hi == 0xE:
-            _need(buf, pos, 2)
-            size, count = buf[pos], buf[pos + 1]
-            start = pos + 1
-            pos += 2
-        else:
-            _need(buf, pos, 8)
-            size, count = struct.unpack(">II", buf[pos:pos + 8])
-            start = pos + 4
-            pos += 8
-        end = start + size
-        _need(buf, start, size)
+        count, end, pos = _compound_header(buf, pos, small=hi == 0xE)
         _need(buf, pos, 1)
         ector = buf[pos]
         pos += 1

@@ -2,7 +2,7 @@
 """kill -9 crash rounds against the real ferrobus broker (RocksDB storage).
 
 Used two ways:
-  * imported by test_durability.py (DurableBroker, crash_round);
+  * imported by test_durability.py (crash_round and the message helpers);
   * run as a script by scripts/crash-soak:  crash_soak.py N [--seed S] [--keep]
 
 One crash round:
@@ -29,7 +29,6 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -42,95 +41,10 @@ if HERE not in sys.path:
 from proton import Delivery, Message  # noqa: E402
 from proton._exceptions import Timeout  # noqa: E402
 
-import conftest  # noqa: E402  (Broker, render helpers; owned by the conformance suite)
+from brokers import Broker, broker_bin  # noqa: E402
 from helpers import connect  # noqa: E402
 
 SEQ = "x-opt-sequence-number"
-
-
-# --------------------------------------------------------------------------
-# a broker that can be restarted on its data dir and killed with SIGKILL
-# --------------------------------------------------------------------------
-class DurableBroker(conftest.Broker):
-    """conftest.Broker with `[storage] kind = "rocksdb"` (or `storage=`), extra environment
-    variables, restart on the same data dir, kill -9 and RSS readings. Every run's stderr goes to
-    its own file; stderr_text() shows all of them."""
-
-    def __init__(self, workdir, amqp=None, queues=None, auth_keys=None, env=None, storage="rocksdb"):
-        super().__init__(workdir, amqp, queues, auth_keys)
-        self.storage = storage
-        if storage is not None:
-            self.config_text += "\n[storage]\nkind = %s\n" % conftest._toml_value(storage)
-            with open(self.config_path, "w") as f:
-                f.write(self.config_text)
-        self.env = {k: str(v) for k, v in (env or {}).items()}
-        self.runs = 0
-        self.logs = []
-        self.ready_seconds = None
-        self.kills = 0
-
-    def start(self):
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("broker %s is still running" % self.workdir)
-        self.runs += 1
-        self.stderr_path = os.path.join(self.workdir, "stderr.%d.log" % self.runs)
-        self.logs.append(self.stderr_path)
-        self.proc = None
-        self.exit_code = None
-        self.stdout_lines = []
-        self.amqp_host = self.http_host = None
-        self.amqp_port = self.http_port = None
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            t0 = time.monotonic()
-            super().start()
-            self.ready_seconds = time.monotonic() - t0
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        if self.storage == "rocksdb" and not os.path.isdir(os.path.join(self.data_dir, "db")):
-            raise AssertionError(
-                "broker %s printed READY but %s/db does not exist: is %s the RocksDB build?"
-                % (self.workdir, self.data_dir, conftest.broker_bin()))
-        return self
-
-    restart = start
-
-    def kill9(self):
-        """SIGKILL and reap; no shutdown code runs in the broker."""
-        assert self.alive(), "broker is not running (exit %r)" % (self.proc and self.proc.poll(),)
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-        self.exit_code = "killed (SIGKILL)"
-        self._stderr_f.close()
-
-    def status_kb(self, field):
-        """A /proc/<pid>/status field in kB (VmRSS, VmHWM)."""
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise KeyError(field)
-
-    def panics(self):
-        """Lines of every run's stderr that report a Rust panic."""
-        return [ln for ln in self.stderr_text().splitlines() if "panicked at" in ln or "failed to join thread" in ln]
-
-    def stderr_text(self):
-        out = []
-        for i, p in enumerate(self.logs, 1):
-            try:
-                with open(p, "rb") as f:
-                    out.append("===== run %d (%s) =====\n%s" % (i, os.path.basename(p),
-                                                               f.read().decode("utf-8", "replace")))
-            except OSError:
-                pass
-        return "\n".join(out)
 
 
 # --------------------------------------------------------------------------
@@ -340,8 +254,8 @@ def _few(xs, n=10):
 
 
 def crash_round(broker, rng, mode="echo", queue="q1", min_delay=0.3, max_delay=2.0):
-    """One crash round on a started DurableBroker with a fresh data dir. Raises AssertionError
-    with everything that went wrong; returns a dict of counts."""
+    """One crash round on a started brokers.Broker (RocksDB storage) with a fresh data dir. Raises
+    AssertionError with everything that went wrong; returns a dict of counts."""
     delay = rng.uniform(min_delay, max_delay)
     producers = [Producer(broker, name, queue) for name in ("pa", "pb")]
     consumer = Consumer(broker, mode, queue)
@@ -471,7 +385,7 @@ def main(argv=None):
                     help="consumer mode (both: alternate per round)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    exe = conftest.broker_bin()
+    exe = broker_bin()
     print("crash-soak: %d rounds, seed %d, broker %s" % (args.rounds, seed, exe), flush=True)
     passed = failed = 0
     for r in range(args.rounds):
@@ -481,13 +395,11 @@ def main(argv=None):
         b = None
         t0 = time.monotonic()
         try:
-            b = DurableBroker(os.path.join(work, "broker")).start()
+            b = Broker(os.path.join(work, "broker"), storage="rocksdb").start()
             stats = crash_round(b, rng, mode=mode)
-            rc = b.stop()
-            if rc != 0:
-                raise AssertionError("broker exited with %r on SIGTERM after the round" % (rc,))
-            if b.panics():
-                raise AssertionError("broker panicked: %s" % " | ".join(b.panics()[:5]))
+            problems = b.teardown_problems()  # SIGTERM must end it with 0; no panic in any run
+            if problems:
+                raise AssertionError("after the round:\n" + "\n".join(problems))
             passed += 1
             print("round %d/%d PASS %.1fs %s" % (r + 1, args.rounds, time.monotonic() - t0,
                                                 " ".join("%s=%s" % kv for kv in stats.items())), flush=True)

@@ -1,8 +1,7 @@
 """Helpers for the production-operations tests (test_tls.py, test_operations.py).
 
-* OpsBroker: conftest.Broker with extra command-line flags, extra TOML, a config file given as is
-  (the Service Bus emulator's Config.json), environment changes, the `TLS amqps=` stdout line,
-  restarts on the same data dir and one stderr file per run.
+* run_broker_cli: the broker binary run to completion (--check-config); the brokers the tests talk
+  to come from conftest's `ops_broker` fixture (brokers.Broker with extra flags, TOML, env).
 * Certificates made at test time with the `openssl` CLI: a CA and server certificates for
   127.0.0.1 / localhost (subjectAltName).
 * TlsPeer: amqp_raw.RawPeer over Python's ssl module (python-qpid-proton here has no TLS), started
@@ -29,19 +28,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import pytest
-
-import conftest
 from amqp_raw import (ACCEPTED, AMQP_VALUE, APPLICATION_PROPERTIES, ATTACH, BEGIN, CLOSE, DETACH,
                       DISPOSITION, END, FLOW, FRAME_SASL, NAMES, SASL_HEADER, SASL_INIT, SASL_MECHANISMS,
                       SASL_OUTCOME, TLS_HEADER, TRANSFER, Described, RawPeer, Symbol, ULong,
                       amqp_value_body, attach_receiver_frame, attach_sender_frame, begin_frame, disposition_frame,
                       encode, flow_frame, frame, message_sections, perf, transfer_frame)
+from brokers import KEY_NAME, KEY_VALUE, broker_bin, clean_environ, toml_value
 
-KEY_NAME = conftest.KEY_NAME
-KEY_VALUE = conftest.KEY_VALUE
-
-TLS_RE = re.compile(r"^TLS amqps=(\S+):(\d+)\s*$")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TOOLS = os.path.join(os.path.expanduser("~"), ".cache", "ferrobus", "tools")
 
@@ -58,207 +51,15 @@ def free_port():
     return port
 
 
-# --------------------------------------------------------------------------
-# the broker
-# --------------------------------------------------------------------------
-class OpsBroker(conftest.Broker):
-    """A ferrobus process started with conftest's flags plus `args`.
-
-    extra_toml   appended to the rendered TOML config
-    config_file  use this file as --config instead (e.g. an emulator Config.json)
-    args         extra command-line flags
-    env          environment additions; RUST_LOG and FERROBUS__* are removed first unless given
-    """
-
-    def __init__(self, workdir, amqp=None, queues=None, auth_keys=None, extra_toml="", config_file=None,
-                 args=(), env=None):
-        super().__init__(workdir, amqp, queues, auth_keys)
-        if extra_toml:
-            self.config_text += "\n" + extra_toml + "\n"
-            with open(self.config_path, "w") as f:
-                f.write(self.config_text)
-        if config_file is not None:
-            self.config_path = str(config_file)
-            with open(self.config_path) as f:
-                self.config_text = f.read()
-        self.args = [str(a) for a in args]
-        self.env = {k: str(v) for k, v in (env or {}).items()}
-        self.runs = 0
-        self.logs = []
-        self.amqps_host = self.amqps_port = None
-        self.tls_line_index = self.ready_line_index = None
-        self.expect_exit = 0  # what the fixture checks at teardown (None: do not check)
-
-    def child_env(self):
-        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("FERROBUS__")}
-        env.update(self.env)
-        return env
-
-    def command(self):
-        return [conftest.broker_bin(), "--config", self.config_path, "--data-dir", self.data_dir,
-                "--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"] + self.args
-
-    def start(self):
-        exe = conftest.broker_bin()
-        if not os.path.exists(exe):
-            pytest.fail("ferrobus binary not found: %s (set FERROBUS_BIN)" % exe, pytrace=False)
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("broker %s is still running" % self.workdir)
-        self.runs += 1
-        self.stderr_path = os.path.join(self.workdir, "stderr.%d.log" % self.runs)
-        self.logs.append(self.stderr_path)
-        self.stdout_lines = []
-        self.exit_code = None
-        self.amqp_host = self.http_host = self.amqps_host = None
-        self.amqp_port = self.http_port = self.amqps_port = None
-        self.tls_line_index = self.ready_line_index = None
-        self._stderr_f = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr_f, env=self.child_env())
-        ready = threading.Event()
-        proc = self.proc
-
-        def pump():
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.stdout_lines.append(line)
-                m = TLS_RE.match(line)
-                if m and self.tls_line_index is None:
-                    self.amqps_host, self.amqps_port = m.group(1), int(m.group(2))
-                    self.tls_line_index = len(self.stdout_lines) - 1
-                m = conftest.READY_RE.match(line)
-                if m and not ready.is_set():
-                    self.amqp_host, self.amqp_port = m.group(1), int(m.group(2))
-                    self.http_host, self.http_port = m.group(3), int(m.group(4))
-                    self.ready_line_index = len(self.stdout_lines) - 1
-                    ready.set()
-
-        t = threading.Thread(target=pump, name="ferrobus-stdout", daemon=True)
-        t.start()
-        deadline = time.monotonic() + conftest.READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if ready.wait(0.05):
-                break
-            if self.proc.poll() is not None:
-                t.join(1)
-                break
-        if not ready.is_set():
-            rc = self.proc.poll()
-            if rc is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.exit_code = "no READY"
-            self._stderr_f.close()
-            pytest.fail("broker did not print READY within %.0fs (exit=%r)\ncommand: %s\nstdout: %r\n"
-                        "stderr tail:\n%s\nconfig:\n%s"
-                        % (conftest.READY_TIMEOUT, rc, " ".join(self.command()), self.stdout_lines,
-                           self.stderr_tail(), self.config_text), pytrace=False)
-        return self
-
-    restart = start
-
-    def signal(self, sig):
-        assert self.alive(), "broker is not running (exit %r)\n%s" % (self.proc and self.proc.poll(),
-                                                                     self.stderr_tail())
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout):
-        """Waits for the process to end by itself; returns its exit code (None if still running)."""
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self.exit_code = rc
-        try:
-            self._stderr_f.close()
-        except Exception:
-            pass
-        return rc
-
-    def kill9(self):
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(10)
-        self.exit_code = "killed"
-        self._stderr_f.close()
-
-    @property
-    def amqps_addr(self):
-        return (self.amqps_host, self.amqps_port)
-
-    def run_stderr(self, run=None):
-        """stderr of one run (default: the latest)."""
-        p = self.logs[(run or self.runs) - 1]
-        try:
-            with open(p, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stderr_text(self):
-        out = []
-        for i, p in enumerate(self.logs, 1):
-            try:
-                with open(p, "rb") as f:
-                    out.append("===== run %d =====\n%s" % (i, f.read().decode("utf-8", "replace")))
-            except OSError:
-                pass
-        return "\n".join(out)
-
-    def panics(self):
-        return [ln for ln in self.stderr_text().splitlines() if "panicked at" in ln]
-
-    def wait_stderr(self, pred, timeout=10.0, what="a log line"):
-        """Polls this run's stderr until pred(text) is truthy; returns the text."""
-        deadline = time.monotonic() + timeout
-        while True:
-            t = self.run_stderr()
-            if pred(t):
-                return t
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out after %.0fs waiting for %s in stderr:\n%s"
-                                     % (timeout, what, t[-4000:]))
-            time.sleep(0.1)
-
-
-@pytest.fixture
-def ops_broker(request, tmp_path):
-    """Factory: ops_broker(**OpsBroker kwargs) -> a started OpsBroker. At teardown every broker that
-    is still running gets SIGTERM and must exit 0; no run may have panicked."""
-    brokers = []
-    request.node._ferrobus_brokers = brokers  # conftest's report hook prints their stderr
-
-    def make(**kw):
-        b = OpsBroker(tmp_path / ("broker%d" % len(brokers)), **kw)
-        brokers.append(b)
-        return b.start()
-
-    yield make
-    problems = []
-    for b in brokers:
-        if b.alive():
-            rc = b.stop()
-            if b.expect_exit is not None and rc != b.expect_exit:
-                problems.append("broker %s exited with %r on SIGTERM (expected %r)\nstderr tail:\n%s"
-                                % (b.workdir, rc, b.expect_exit, b.stderr_tail()))
-        p = b.panics()
-        if p:
-            problems.append("broker %s panicked:\n  %s" % (b.workdir, "\n  ".join(p[:10])))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
-
-
 def run_broker_cli(args, env=None, timeout=20):
     """Runs the broker binary to completion: (exit code, stdout, stderr)."""
-    e = {k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("FERROBUS__")}
-    e.update(env or {})
-    p = subprocess.run([conftest.broker_bin()] + [str(a) for a in args], stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=timeout, env=e)
+    p = subprocess.run([broker_bin()] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=timeout, env=clean_environ(env))
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
 def toml_str(s):
-    return conftest._toml_value(str(s))
+    return toml_value(str(s))
 
 
 # --------------------------------------------------------------------------

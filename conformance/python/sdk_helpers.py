@@ -1,8 +1,8 @@
 """Helpers for driving ferrobus with the official Python SDK (azure-servicebus 7.15.0).
 
-* SdkBroker: a conftest.Broker (via crash_soak.DurableBroker: restart on the same data dir, one
-  stderr log per run) whose [[queues]] tables carry per-queue settings
-  (max_delivery_count, lock_duration_ms, default_message_ttl_ms, ...).
+* SdkBroker: a brokers.Broker with the queue list first, each queue a name or a dict of per-queue
+  settings (max_delivery_count, lock_duration_ms, default_message_ttl_ms, ...), for a test that
+  makes its own; conftest's `start_broker(queues=[...])` gives the same broker as a fixture.
 * conn_str / sb_client: the emulator-style connection string and a ServiceBusClient with short
   timeouts and few retries, so a missing broker feature fails in seconds, not minutes.
 * sas_token / FixedSasCredential: a SAS token signed the way section 1.6 of the spec describes,
@@ -26,11 +26,8 @@ if HERE not in sys.path:
 from azure.core.credentials import AccessToken  # noqa: E402
 from azure.servicebus import ServiceBusClient  # noqa: E402
 
-import conftest  # noqa: E402
-from crash_soak import DurableBroker  # noqa: E402
+from brokers import KEY_NAME, KEY_VALUE, Broker  # noqa: E402
 
-KEY_NAME = conftest.KEY_NAME
-KEY_VALUE = conftest.KEY_VALUE
 TOKEN_TYPE_SASTOKEN = b"servicebus.windows.net:sastoken"
 
 # The SDK logs every retry and link error at INFO/WARNING; keep pytest output readable.
@@ -48,40 +45,13 @@ HANDLER_KW = {
 MGMT_TIMEOUT = 15          # `timeout=` of $management calls (peek, renew, schedule, ...)
 
 
-def render_queues(queues):
-    """[[queues]] tables; each entry is a name or a dict with `name` and settings."""
-    lines = []
-    for q in queues:
-        if isinstance(q, str):
-            q = {"name": q}
-        lines.append("[[queues]]")
-        lines.append("name = %s" % conftest._toml_value(q["name"]))
-        for k, v in q.items():
-            if k != "name":
-                lines.append("%s = %s" % (k, conftest._toml_value(v)))
-        lines.append("")
-    return "\n".join(lines)
+class SdkBroker(Broker):
+    """A brokers.Broker whose queue list comes first: SdkBroker(workdir, queues, amqp=None,
+    auth_keys=None), each queue a name or a dict with its settings. Default storage (RocksDB);
+    restart() stops it gracefully (exit 0) and starts it again on the same data dir."""
 
-
-class SdkBroker(DurableBroker):
-    """A broker with per-queue settings; restartable on its data dir (RocksDB, the default)."""
-
-    def __init__(self, workdir, queues, amqp=None, auth_keys=None):
-        super().__init__(workdir, amqp=amqp, queues=[], auth_keys=auth_keys, storage=None)
-        self.queue_decls = [q if isinstance(q, dict) else {"name": q} for q in queues]
-        self.config_text = conftest.render_config(amqp, [], auth_keys) + "\n" + render_queues(queues)
-        with open(self.config_path, "w") as f:
-            f.write(self.config_text)
-
-    def restart(self):
-        """Graceful stop (SIGTERM, must exit 0) and start again on the same data dir."""
-        rc = self.stop()
-        assert rc == 0, "broker exited with %r on SIGTERM\n%s" % (rc, self.stderr_tail())
-        return self.start()
-
-    @property
-    def endpoint(self):
-        return "%s:%d" % (self.amqp_host, self.amqp_port)
+    def __init__(self, workdir, queues, amqp=None, auth_keys=None, **options):
+        super().__init__(workdir, amqp=amqp, queues=queues, auth_keys=auth_keys, **options)
 
 
 # --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from proton import Message
 from proton.utils import LinkDetached
 
 from helpers import KEY_NAME, KEY_VALUE, connection
-from ops_helpers import ops_broker, run_broker_cli  # noqa: F401  (fixture)
+from ops_helpers import run_broker_cli
 
 REQUIRE = {"FERROBUS__AUTH__REQUIRE": "true"}
 

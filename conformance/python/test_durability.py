@@ -1,6 +1,6 @@
 """Durability with the RocksDB store: restarts (SIGTERM and kill -9), crash rounds, a failing disk,
 a large backlog. Every test starts its own broker on a fresh data dir with `[storage] kind =
-"rocksdb"` (crash_soak.DurableBroker) and restarts it on the same data dir.
+"rocksdb"` (the `durable` fixture) and restarts it on the same data dir.
 
 What is checked (from the storage design):
 * a producer's unsettled transfer is `accepted` only once it is fsynced: accepted = survives kill -9;
@@ -12,6 +12,7 @@ What is checked (from the storage design):
 """
 
 import collections
+import functools
 import os
 import random
 import threading
@@ -21,37 +22,17 @@ import pytest
 from proton import Delivery, Message
 from proton.utils import LinkDetached
 
-from crash_soak import DurableBroker, body_problem, close_quietly, crash_round, drain, make_body, send_one, seq_of
+from crash_soak import body_problem, close_quietly, crash_round, drain, make_body, send_one, seq_of
 from helpers import collect, connect, connection, expect_empty, pump, send_many
 
 QUEUE = "q1"
 
 
 @pytest.fixture
-def durable(request, tmp_path):
-    """Factory: durable(amqp=..., env=...) -> a started DurableBroker on a fresh data dir.
-    At teardown every broker still running must stop on SIGTERM with exit code 0, and no run of any
-    broker may have panicked (its stderr is checked)."""
-    brokers = []
-    request.node._ferrobus_brokers = brokers  # conftest's report hook prints their stderr on failure
-
-    def make(**kw):
-        b = DurableBroker(tmp_path / ("broker%d" % len(brokers)), **kw)
-        brokers.append(b)
-        return b.start()
-
-    yield make
-    problems = []
-    for b in brokers:
-        if b.alive():
-            rc = b.stop()
-            if rc != 0:
-                problems.append("broker %s exited with %r on SIGTERM (expected 0)" % (b.workdir, rc))
-        panics = b.panics()
-        if panics:
-            problems.append("broker %s panicked (%d runs):\n  %s" % (b.workdir, b.runs, "\n  ".join(panics[:10])))
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+def durable(start_broker):
+    """Factory: durable(amqp=..., env=...) -> a started broker with `[storage] kind = "rocksdb"` on a
+    fresh data dir (conftest's teardown: SIGTERM must end it with 0, no run may have panicked)."""
+    return functools.partial(start_broker, storage="rocksdb")
 
 
 def ids_of(msgs):
@@ -77,6 +58,18 @@ def held_receiver(conn, n):
     rcv = conn.create_receiver(QUEUE, credit=0)
     rcv.link.flow(n)
     return rcv
+
+
+def send_and_hold_two(b, ids):
+    """Sends the messages `ids` (all must be accepted), then a new connection takes the first two
+    and holds them unsettled; returns that connection."""
+    with connection(b) as c:
+        assert_all_accepted(send_many(c, c.create_sender(QUEUE), [msg(i) for i in ids]))
+    c = connect(b)
+    rcv = held_receiver(c, 2)
+    assert ids_of(collect(c, rcv, 2)) == ids[:2]
+    pump(c, 0.3)
+    return c
 
 
 # ---------------------------------------------------------------------------
@@ -188,12 +181,7 @@ def test_held_message_counted_once_when_restarted_again_without_delivery(durable
     """+1 is for a delivery that was locked when the broker stopped, not for every later restart."""
     b = durable()
     ids = ["b2-%d" % i for i in range(6)]
-    with connection(b) as c:
-        assert_all_accepted(send_many(c, c.create_sender(QUEUE), [msg(i) for i in ids]))
-    c = connect(b)
-    rcv = held_receiver(c, 2)
-    assert ids_of(collect(c, rcv, 2)) == ids[:2]
-    pump(c, 0.3)
+    c = send_and_hold_two(b, ids)
     b.kill9()
     close_quietly(c, dead=True)
     b.restart()  # b2-0, b2-1 -> delivery-count 1; nothing is handed out in this run
@@ -211,12 +199,7 @@ def test_message_held_during_sigterm_comes_back_with_delivery_count_plus_1(durab
     with delivery-count 1 (one delivery), whichever of shutdown and start-up accounts for it."""
     b = durable()
     ids = ["b3-%d" % i for i in range(4)]
-    with connection(b) as c:
-        assert_all_accepted(send_many(c, c.create_sender(QUEUE), [msg(i) for i in ids]))
-    c = connect(b)
-    rcv = held_receiver(c, 2)
-    assert ids_of(collect(c, rcv, 2)) == ids[:2]
-    pump(c, 0.3)
+    c = send_and_hold_two(b, ids)
     assert b.stop() == 0, "exit code on SIGTERM with a consumer holding locks"
     close_quietly(c, dead=True)
     b.restart()

@@ -21,14 +21,14 @@ import pytest
 from proton import Delivery, Message
 from proton.utils import LinkDetached
 
-import conftest
 from amqp_raw import CLOSE, END, PeerClosed, RawPeer, attach_receiver_frame, flow_frame, transfer_frame
+from brokers import render_config
 from crash_soak import close_quietly, drain
 from helpers import (collect, connect, connection, expect_empty, lenient_receiver, pump, send_many,
                      settle_next)
-from ops_helpers import (CA, KEY_NAME, KEY_VALUE, PrometheusServer, RawSession, leak_forms, message_payload,  # noqa: F401,E501
-                         ops_broker, parse_json_lines, parse_prometheus, prometheus_tool, record_level,
-                         run_broker_cli, sasl_plain, span_fields, strip_ansi, toml_str, value, values)
+from ops_helpers import (CA, KEY_NAME, KEY_VALUE, PrometheusServer, RawSession, leak_forms, message_payload,
+                         parse_json_lines, parse_prometheus, prometheus_tool, record_level, run_broker_cli,
+                         sasl_plain, span_fields, strip_ansi, toml_str, value, values)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMULATOR_CONFIG = os.path.join(HERE, "data", "emulator_config.json")
@@ -58,7 +58,7 @@ def check_config(tmp_path, text, name="ferrobus.toml", extra=()):
 
 def test_check_config_ok_binds_nothing_prints_no_secret(tmp_path, pki):
     secret = "SasSecret" + secrets.token_hex(12)
-    text = conftest.render_config(auth_keys=[(KEY_NAME, KEY_VALUE), ("ops-rule", secret)])
+    text = render_config(auth_keys=[(KEY_NAME, KEY_VALUE), ("ops-rule", secret)])
     text += "\n[tls]\namqps_listen = \"127.0.0.1:0\"\ncert = %s\nkey = %s\n" % (toml_str(pki.srv.cert),
                                                                                toml_str(pki.srv.key))
     text += "\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n[server]\nshutdown_timeout_secs = 7\n"
@@ -105,7 +105,7 @@ def test_check_config_bad_names_the_key(tmp_path, case):
     secret = "SasSecret" + secrets.token_hex(12)
     addition, pattern = BAD_CONFIGS[case]
     # [amqp] comes from render_config; a case that adds its own [amqp] goes into that table
-    base = conftest.render_config(auth_keys=[("ops-rule", secret)])
+    base = render_config(auth_keys=[("ops-rule", secret)])
     if addition.startswith("[amqp]\n"):
         text = base.replace("[amqp]\n", addition, 1)
     else:
@@ -132,7 +132,7 @@ SECRET_ECHO_CONFIGS = {
 @pytest.mark.parametrize("case", sorted(SECRET_ECHO_CONFIGS))
 def test_check_config_errors_never_echo_a_sas_key(tmp_path, case):
     secret = "SasSecret" + secrets.token_hex(12)
-    text = conftest.render_config(auth_keys=[]) + "\n" + SECRET_ECHO_CONFIGS[case].format(secret=secret)
+    text = render_config(auth_keys=[]) + "\n" + SECRET_ECHO_CONFIGS[case].format(secret=secret)
     rc, out, err = check_config(tmp_path, text)
     both = out + err
     assert rc == 1, "bad config (%s): exit %r, expected 1\nstdout: %s\nstderr: %s" % (case, rc, out, err)
@@ -152,7 +152,7 @@ def test_check_config_tls_errors_print_no_key_material(tmp_path, pki):
     for what, key_text in cases.items():
         kp = tmp_path / "bad.key"
         kp.write_text(key_text)
-        text = conftest.render_config() + "\n[tls]\ncert = %s\nkey = %s\n" % (toml_str(pki.srv.cert), toml_str(kp))
+        text = render_config() + "\n[tls]\ncert = %s\nkey = %s\n" % (toml_str(pki.srv.cert), toml_str(kp))
         rc, out, err = check_config(tmp_path, text)
         both = out + err
         assert rc == 1, "%s: exit %r\n%s" % (what, rc, both)
@@ -163,8 +163,8 @@ def test_check_config_tls_errors_print_no_key_material(tmp_path, pki):
             if not ln.startswith("-----"):
                 assert ln.strip() not in both, "%s: the error printed a line of the key file: %r" % (what, both)
     # a real key that does not belong to the certificate
-    text = conftest.render_config() + "\n[tls]\ncert = %s\nkey = %s\n" % (toml_str(pki.srv.cert),
-                                                                         toml_str(pki.other.key))
+    text = render_config() + "\n[tls]\ncert = %s\nkey = %s\n" % (toml_str(pki.srv.cert),
+                                                                toml_str(pki.other.key))
     rc, out, err = check_config(tmp_path, text)
     assert rc == 1, "mismatched key: exit %r\n%s%s" % (rc, out, err)
     for ln in pem_body_lines(pki.other.key):

@@ -44,7 +44,6 @@ from sdk_helpers import (
     KEY_VALUE,
     MGMT_TIMEOUT,
     FixedSasCredential,
-    SdkBroker,
     app_props,
     body_of,
     drain,
@@ -68,27 +67,12 @@ def utcnow():
 
 
 @pytest.fixture
-def sbroker(request, tmp_path):
-    """Factory: sbroker(queues, amqp=None) -> started SdkBroker. Every broker must exit 0 on
-    SIGTERM at teardown; on failure its stderr is attached to the report (conftest hook)."""
-    brokers = []
-    request.node._ferrobus_brokers = brokers
-
+def sbroker(start_broker):
+    """Factory: sbroker(queues, amqp=None, auth_keys=None) -> a started broker with these queues
+    (names or dicts of per-queue settings); conftest's teardown checks it."""
     def start(queues, amqp=None, auth_keys=None):
-        b = SdkBroker(tmp_path / ("broker%d" % len(brokers)), queues, amqp=amqp, auth_keys=auth_keys)
-        brokers.append(b)
-        return b.start()
-
-    yield start
-
-    problems = []
-    for b in brokers:
-        rc = b.stop()
-        if rc != 0:
-            problems.append("broker %s exited with %r on SIGTERM (expected 0)\nstderr tail:\n%s"
-                            % (b.workdir, rc, b.stderr_tail()))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+        return start_broker(amqp=amqp, queues=queues, auth_keys=auth_keys)
+    return start
 
 
 def send(client, queue, messages):

@@ -11,7 +11,6 @@ import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusError
 
-from ops_helpers import ops_broker  # noqa: F401  (fixture: a broker with extra flags)
 from test_tls import pki  # noqa: F401  (fixture: a CA and a server certificate)
 
 SDK_PORT = 5671

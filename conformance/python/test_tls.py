@@ -18,7 +18,7 @@ import pytest
 
 from amqp_raw import ACCEPTED, AMQP_HEADER, OPEN, TLS_HEADER, PeerClosed, RawPeer, frame, perf
 from helpers import roundtrip
-from ops_helpers import (CA, RawSession, TlsPeer, client_context, ops_broker, raw_roundtrip,  # noqa: F401
+from ops_helpers import (CA, RawSession, TlsPeer, client_context, raw_roundtrip,
                          sasl_anonymous, sasl_plain, toml_str)
 
 
