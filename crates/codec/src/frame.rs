@@ -8,7 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fe2o3_amqp_types::performatives::{Performative, Transfer};
 
 use crate::sasl::SaslFrame;
-use crate::value::{descriptor_code, value_len};
+use crate::value::{check_value, descriptor_code};
 use crate::CodecError;
 
 /// The smallest max-frame-size a peer may announce (part 2.7.1).
@@ -159,11 +159,12 @@ fn decode_performative(body: Bytes) -> Result<(Performative, Bytes), CodecError>
     if !(0x10..=0x18).contains(&code) {
         return Err(CodecError::Invalid("unknown performative"));
     }
-    let n = value_len(&body)?;
+    let n = check_value(&body)?;
     let perf: Performative = match serde_amqp::from_slice(&body[..n]) {
         Ok(p) => p,
         Err(source) => {
-            // string keys where `fields` want symbols: read them as symbols
+            // string keys where `fields` want symbols: read them as symbols (the same
+            // layout, so the check above holds for the copy too)
             let mut copy = body[..n].to_vec();
             crate::value::symbolize_map_keys(&mut copy)?;
             serde_amqp::from_slice(&copy).map_err(|_| CodecError::Serde {

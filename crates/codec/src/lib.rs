@@ -10,6 +10,10 @@
 //!   back out from fresh broker-owned sections (header, message annotations) followed by the
 //!   producer's bare-message bytes, untouched.
 //! - Decoding never panics on any input; malformed input is a typed [`CodecError`].
+//! - Nothing a peer sends reaches `serde_amqp` unchecked ([`decode`]): nesting is bounded by
+//!   [`value::MAX_NESTING`], every declared length and count by the bytes present, and the
+//!   values in one decode by [`value::MAX_VALUES`], so no input can overflow the stack or make
+//!   decoding allocate more than a small multiple of itself.
 
 pub mod frame;
 pub mod message;
@@ -31,6 +35,17 @@ pub fn error(
         Some(description.into()),
         Some(Default::default()),
     )
+}
+
+/// Decodes one value of type `T` from bytes a peer sent: [`value::check_value`] first, so
+/// `serde_amqp` only ever sees input whose nesting, lengths and counts are bounded, then
+/// `serde_amqp`. `what` names the value in the error. Every decode of peer bytes goes here.
+pub fn decode<'de, T: serde::Deserialize<'de>>(
+    buf: &'de [u8],
+    what: &'static str,
+) -> Result<T, CodecError> {
+    let n = value::check_value(buf)?;
+    serde_amqp::from_slice(&buf[..n]).map_err(|source| CodecError::Serde { what, source })
 }
 
 /// What can be wrong with bytes that claim to be AMQP.

@@ -1,6 +1,8 @@
 //! The sections of an AMQP message, as slices of the producer's bytes (part 3.2).
 //!
-//! [`Sections::scan`] walks section boundaries without decoding values. The broker keeps the
+//! [`Sections::scan`] walks section boundaries without decoding values; it checks every
+//! section but the body whole ([`crate::value::check_value`]), so whatever later decodes a
+//! header, properties or annotations of a scanned message decodes bounded input. The broker keeps the
 //! producer's payload exactly as received and, when it delivers, writes a fresh header and
 //! message-annotations section in front of the untouched bare message (properties,
 //! application-properties, body, footer); delivery annotations are per hop and are dropped.
@@ -10,7 +12,7 @@ use std::ops::Range;
 use bytes::{BufMut, BytesMut};
 use fe2o3_amqp_types::messaging::Header;
 
-use crate::value::{descriptor_code, map_entries, value_len};
+use crate::value::{check_value, descriptor_code, map_entries, value_len};
 use crate::CodecError;
 
 const HEADER: u64 = 0x70;
@@ -54,7 +56,12 @@ impl Sections {
             let rest = &payload[pos..];
             let code =
                 descriptor_code(rest).ok_or(CodecError::Invalid("expected a message section"))?;
-            let len = value_len(rest)?;
+            // the body is the producer's business and is never decoded here; every other
+            // section may be, so it is checked whole (see `value::check_value`)
+            let len = match code {
+                0x75..=0x77 => value_len(rest)?,
+                _ => check_value(rest)?,
+            };
             let range = pos..pos + len;
             let rank = match code {
                 HEADER => 1,
@@ -97,12 +104,7 @@ impl Sections {
     pub fn header(&self, payload: &[u8]) -> Result<Option<Header>, CodecError> {
         self.header
             .as_ref()
-            .map(|r| {
-                serde_amqp::from_slice(&payload[r.clone()]).map_err(|source| CodecError::Serde {
-                    what: "header",
-                    source,
-                })
-            })
+            .map(|r| crate::decode(&payload[r.clone()], "header"))
             .transpose()
     }
 
@@ -157,6 +159,47 @@ impl Sections {
             rest = &rest[len..];
         }
         Ok(out)
+    }
+}
+
+impl Sections {
+    /// True when the message carries a message-id (the first field of its properties, not
+    /// null); read from the bytes without decoding the section.
+    pub fn has_message_id(&self, payload: &[u8]) -> bool {
+        let Some(r) = &self.properties else {
+            return false;
+        };
+        let sec = &payload[r.clone()];
+        let Ok(d) = value_len(&sec[1..]) else {
+            return false;
+        };
+        // the list: list0, or list8/list32 whose count is at least one and whose first
+        // element is not null
+        let list = &sec[1 + d..];
+        let first = match list.first() {
+            Some(0xc0) => list.get(2).filter(|c| **c > 0).and_then(|_| list.get(3)),
+            Some(0xd0) => list
+                .get(5..9)
+                .filter(|c| c != &[0, 0, 0, 0])
+                .and_then(|_| list.get(9)),
+            _ => None,
+        };
+        first.is_some_and(|code| *code != 0x40)
+    }
+
+    /// `payload` with `properties` (an encoded properties section) in place of its own
+    /// properties section, or added where it belongs if it had none. Every other section
+    /// keeps the producer's bytes.
+    pub fn with_properties(&self, payload: &[u8], properties: &[u8]) -> Vec<u8> {
+        let at = self
+            .properties
+            .clone()
+            .unwrap_or(self.bare.start..self.bare.start);
+        let mut out = Vec::with_capacity(payload.len() + properties.len());
+        out.extend_from_slice(&payload[..at.start]);
+        out.extend_from_slice(properties);
+        out.extend_from_slice(&payload[at.end..]);
+        out
     }
 }
 
@@ -302,6 +345,19 @@ impl HeaderFields {
                 delivery_count: 0,
             },
         }
+    }
+
+    /// The header of a delivery of a stored message: the producer's fields with the broker's
+    /// delivery count and, when it set one, its TTL. First-acquirer stays true only while no
+    /// link acquired the message before; a producer's `false` (or no header) is kept.
+    pub fn for_delivery(h: Option<&Header>, delivery_count: u32, ttl: Option<u32>) -> Self {
+        let mut header = HeaderFields::from_header(h);
+        header.delivery_count = delivery_count;
+        header.first_acquirer &= delivery_count == 0;
+        if ttl.is_some() {
+            header.ttl = ttl;
+        }
+        header
     }
 
     /// Appends the header section.

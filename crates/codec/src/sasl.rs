@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use fe2o3_amqp_types::sasl::{SaslChallenge, SaslInit, SaslMechanisms, SaslOutcome, SaslResponse};
 
 use crate::frame::write_value;
-use crate::value::{descriptor_code, value_len};
+use crate::value::{check_value, descriptor_code};
 use crate::CodecError;
 
 /// The body of a SASL frame.
@@ -26,18 +26,14 @@ impl SaslFrame {
     /// Decodes a SASL frame body.
     pub fn decode(body: &[u8]) -> Result<Self, CodecError> {
         let code = descriptor_code(body).ok_or(CodecError::Invalid("not a SASL frame body"))?;
-        let n = value_len(body)?;
+        let n = check_value(body)?;
         if n != body.len() {
             return Err(CodecError::Invalid(
                 "trailing bytes after a SASL frame body",
             ));
         }
-        let body = &body[..n];
         fn de<'a, T: serde::Deserialize<'a>>(b: &'a [u8]) -> Result<T, CodecError> {
-            serde_amqp::from_slice(b).map_err(|source| CodecError::Serde {
-                what: "SASL frame",
-                source,
-            })
+            crate::decode(b, "SASL frame")
         }
         Ok(match code {
             0x40 => SaslFrame::Mechanisms(de(body)?),

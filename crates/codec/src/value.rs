@@ -3,11 +3,32 @@
 //! [`value_len`] returns how many bytes one encoded value (possibly described) occupies; the
 //! frame decoder uses it to find where a performative ends and its payload begins, and the
 //! message scanner uses it to find section boundaries.
+//!
+//! [`check_value`] walks a whole value, every element of every list, map and array, and
+//! accepts it only if a decoder can take it without trusting a single declared number: the
+//! nesting is at most [`MAX_NESTING`] deep, every declared size, count and length fits in the
+//! bytes present, and the values it holds are at most [`MAX_VALUES`]. Nothing reaches
+//! `serde_amqp` (whose decoder recurses without a limit and allocates declared lengths before
+//! reading them) from a peer without passing it first: see [`crate::decode`].
 
 use crate::CodecError;
 
 /// How deeply described types may nest before the input is called malformed.
 const MAX_DEPTH: usize = 16;
+
+/// How deeply values may nest (a described value, a list, map or array each add a level).
+///
+/// The deepest structure a Service Bus client sends is a source filter set or a management
+/// request: a performative (1) holding a map (2) of described filters (3) over a list or map (4)
+/// of values (5), and a management body of a few levels more. 32 leaves room for any sensible
+/// peer while keeping a recursive decoder's stack use trivial (a few KiB).
+pub const MAX_NESTING: usize = 32;
+
+/// The most values (primitives, compound values and their elements) one checked value may
+/// hold. A decoded value costs up to ~100 bytes of memory, so this bounds what decoding one
+/// value can allocate at ~25 MiB whatever its declared counts, even for a management request
+/// reassembled from many frames.
+pub const MAX_VALUES: usize = 1 << 18;
 
 /// Length in bytes of the first encoded value in `buf`.
 pub fn value_len(buf: &[u8]) -> Result<usize, CodecError> {
@@ -44,6 +65,184 @@ fn value_len_at(buf: &[u8], depth: usize) -> Result<usize, CodecError> {
         return Err(CodecError::Truncated);
     }
     Ok(len)
+}
+
+/// Checks the whole first encoded value in `buf` (see the module docs) and returns its length.
+pub fn check_value(buf: &[u8]) -> Result<usize, CodecError> {
+    let mut budget = MAX_VALUES;
+    check_at(buf, 0, &mut budget)
+}
+
+fn too_deep() -> CodecError {
+    CodecError::Invalid("values nested too deeply")
+}
+
+/// Counts one value against the budget.
+fn spend(budget: &mut usize, n: usize) -> Result<(), CodecError> {
+    *budget = budget
+        .checked_sub(n)
+        .ok_or(CodecError::Invalid("too many values in one value"))?;
+    Ok(())
+}
+
+fn check_at(buf: &[u8], depth: usize, budget: &mut usize) -> Result<usize, CodecError> {
+    if depth >= MAX_NESTING {
+        return Err(too_deep());
+    }
+    let code = *buf.first().ok_or(CodecError::Truncated)?;
+    if code == 0x00 {
+        spend(budget, 1)?;
+        let d = check_at(&buf[1..], depth + 1, budget)?;
+        let v = check_at(&buf[1 + d..], depth + 1, budget)?;
+        return Ok(1 + d + v);
+    }
+    spend(budget, 1)?;
+    Ok(1 + check_body(code, &buf[1..], depth, budget)?)
+}
+
+/// Bytes taken by the encoding that follows format code `code` at the start of `body`.
+fn check_body(
+    code: u8,
+    body: &[u8],
+    depth: usize,
+    budget: &mut usize,
+) -> Result<usize, CodecError> {
+    let need = |n: usize| {
+        if n <= body.len() {
+            Ok(n)
+        } else {
+            Err(CodecError::Truncated)
+        }
+    };
+    match code {
+        0x40..=0x45 => Ok(0),
+        0x50..=0x56 => need(1),
+        0x60 | 0x61 => need(2),
+        0x70..=0x74 => need(4),
+        0x80..=0x84 => need(8),
+        0x94 | 0x98 => need(16),
+        0xa0 | 0xa1 | 0xa3 => need(1 + *body.first().ok_or(CodecError::Truncated)? as usize),
+        0xb0 | 0xb1 | 0xb3 => need(4 + read_u32(body, 0)? as usize),
+        0xc0 | 0xc1 | 0xd0 | 0xd1 | 0xe0 | 0xf0 => {
+            // size and count are one byte each, or four for the 32-bit encodings
+            let width = if matches!(code, 0xd0 | 0xd1 | 0xf0) {
+                4
+            } else {
+                1
+            };
+            let (size, count) = if width == 4 {
+                (read_u32(body, 0)? as usize, read_u32(body, 4)? as usize)
+            } else {
+                let size = *body.first().ok_or(CodecError::Truncated)? as usize;
+                (size, *body.get(1).ok_or(CodecError::Truncated)? as usize)
+            };
+            // size counts the count field and the elements
+            let end = need(width + size)?;
+            let items = body
+                .get(2 * width..end)
+                .ok_or(CodecError::Invalid("compound size smaller than its count"))?;
+            if depth + 1 >= MAX_NESTING {
+                return Err(too_deep());
+            }
+            match code {
+                0xe0 | 0xf0 => check_array(items, count, 1 + end, depth + 1, budget)?,
+                _ => {
+                    if code & 1 == 1 && count % 2 != 0 {
+                        return Err(CodecError::Invalid("a map with an odd element count"));
+                    }
+                    check_items(items, count, depth + 1, budget)?
+                }
+            }
+            Ok(end)
+        }
+        _ => Err(CodecError::Invalid("unknown format code")),
+    }
+}
+
+fn read_u32(b: &[u8], at: usize) -> Result<u32, CodecError> {
+    let b = b.get(at..at + 4).ok_or(CodecError::Truncated)?;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The elements of a list or map: exactly `count` values filling `items`.
+fn check_items(
+    items: &[u8],
+    count: usize,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), CodecError> {
+    // every element takes at least one byte: a count the bytes cannot hold is a lie
+    if count > items.len() {
+        return Err(CodecError::Invalid(
+            "element count exceeds the bytes present",
+        ));
+    }
+    let mut pos = 0;
+    for _ in 0..count {
+        pos += check_at(&items[pos..], depth, budget)?;
+    }
+    if pos != items.len() {
+        return Err(CodecError::Invalid(
+            "compound size does not match its elements",
+        ));
+    }
+    Ok(())
+}
+
+/// The elements of an array: one constructor (possibly described), then `count` encodings
+/// without a format code. `encoded` is the whole array's length on the wire.
+fn check_array(
+    items: &[u8],
+    count: usize,
+    encoded: usize,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), CodecError> {
+    // an empty array may come without its constructor (serde_amqp writes it so)
+    if count == 0 && items.is_empty() {
+        return Ok(());
+    }
+    let mut pos = 0;
+    if items.first() == Some(&0x00) {
+        pos = 1 + check_at(&items[1..], depth, budget)?;
+    }
+    let code = *items.get(pos).ok_or(CodecError::Truncated)?;
+    if code == 0x00 {
+        return Err(CodecError::Invalid(
+            "an array constructor nests descriptors",
+        ));
+    }
+    pos += 1;
+    let rest = &items[pos..];
+    if (0x40..=0x45).contains(&code) {
+        // zero-width elements take no bytes at all: bound them by the array's own size so
+        // a few bytes can never stand for millions of decoded values
+        if count > encoded {
+            return Err(CodecError::Invalid("too many zero-width array elements"));
+        }
+        if !rest.is_empty() {
+            return Err(CodecError::Invalid(
+                "array size does not match its elements",
+            ));
+        }
+        return spend(budget, count);
+    }
+    if count > rest.len() {
+        return Err(CodecError::Invalid(
+            "element count exceeds the bytes present",
+        ));
+    }
+    spend(budget, count)?;
+    let mut at = 0;
+    for _ in 0..count {
+        at += check_body(code, &rest[at..], depth, budget)?;
+    }
+    if at != rest.len() {
+        return Err(CodecError::Invalid(
+            "array size does not match its elements",
+        ));
+    }
+    Ok(())
 }
 
 /// The numeric descriptor of a described value at the start of `buf`, mapping the symbolic
@@ -146,20 +345,23 @@ fn walk_keys(buf: &mut [u8], depth: usize) -> Result<usize, CodecError> {
 /// key/value pairs.
 pub fn map_entries(buf: &[u8]) -> Result<(u32, &[u8]), CodecError> {
     let total = value_len(buf)?;
+    let short = CodecError::Invalid("map size smaller than its count");
     match buf[0] {
         0xc1 => {
             let count = *buf.get(2).ok_or(CodecError::Truncated)? as u32;
-            Ok((count, &buf[3..total]))
+            Ok((count, buf.get(3..total).ok_or(short)?))
         }
         0xd1 => {
-            let b = buf.get(5..9).ok_or(CodecError::Truncated)?;
-            let count = u32::from_be_bytes(b.try_into().expect("4 bytes"));
-            Ok((count, &buf[9..total]))
+            let count = read_u32(buf, 5)?;
+            Ok((count, buf.get(9..total).ok_or(short)?))
         }
         0x40 => Ok((0, &[])),
         _ => Err(CodecError::Invalid("expected a map")),
     }
 }
+
+#[cfg(test)]
+mod check_tests;
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ use crate::config::KeyRule;
 use crate::encode::{Stamp, OWNED_ANNOTATIONS};
 use crate::errors::{condition, store_error};
 use crate::management::{Management, SCHEDULED_ENQUEUE_TIME};
+use crate::message_id;
 use crate::nodes::{Node, ReplyLinks, RequestLink};
 
 /// The address suffix of an entity's management node (matched case-insensitively).
@@ -46,6 +47,8 @@ pub struct Broker {
     pub require_auth: bool,
     /// What each connection's tokens cover (written by `$cbs`).
     pub grants: Grants,
+    /// Test faults: attaching to [`crate::faults::PANIC_NODE`] panics the connection task.
+    pub test_panic: bool,
 }
 
 impl Router for Broker {
@@ -75,6 +78,9 @@ impl Router for Broker {
         {
             if n.eq_ignore_ascii_case(self.cbs.name()) {
                 return Ok(self.attach_node(&req, self.cbs.clone(), peer_sends));
+            }
+            if self.test_panic && n == crate::faults::PANIC_NODE {
+                panic!("test fault: a link attached to {n}");
             }
             if self.require_auth && req.user.is_none() && !self.covered(req.connection, n) {
                 self.metrics.auth_failures.inc();
@@ -352,6 +358,12 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
     let decode_error = |what: String| ferrobus_codec::error(AmqpError::DecodeError, what);
     let scheduled = |p: &Bytes| -> Result<NewMessage, Error> {
         let s = Sections::scan(p).map_err(|e| decode_error(format!("malformed message: {e}")))?;
+        let (p, s) = match message_id::assign(p, &s) {
+            Ok(Some((rewritten, s))) => (rewritten, s),
+            Ok(None) => (p.clone(), s),
+            Err(e) => return Err(decode_error(format!("malformed properties: {e}"))),
+        };
+        let p = &p;
         let header = s
             .header(p)
             .map_err(|e| decode_error(format!("malformed header: {e}")))?;
@@ -361,7 +373,11 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
                 .annotation(p, SCHEDULED_ENQUEUE_TIME)
                 .and_then(decode_millis),
             ttl_ms: header.and_then(|h| h.ttl).filter(|t| *t > 0).map(u64::from),
-            message_id: if with_id { message_id(p, &s) } else { None },
+            message_id: if with_id {
+                message_id::dedup_key(p, &s)
+            } else {
+                None
+            },
         })
     };
     match format {
@@ -385,33 +401,6 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
             format!("message-format {other:#x} is not supported"),
         )),
     }
-}
-
-/// A message-id as bytes that keep its AMQP type apart (`"1"` is not `1`).
-fn message_id(payload: &[u8], s: &Sections) -> Option<Vec<u8>> {
-    use ferrobus_codec::types::messaging::{MessageId, Properties};
-    let props: Properties =
-        ferrobus_codec::serde_amqp::from_slice(&payload[s.properties.clone()?]).ok()?;
-    let mut out = Vec::new();
-    match props.message_id? {
-        MessageId::String(v) => {
-            out.push(b's');
-            out.extend_from_slice(v.as_bytes());
-        }
-        MessageId::Ulong(v) => {
-            out.push(b'l');
-            out.extend_from_slice(&v.to_be_bytes());
-        }
-        MessageId::Uuid(v) => {
-            out.push(b'u');
-            out.extend_from_slice(v.as_inner());
-        }
-        MessageId::Binary(v) => {
-            out.push(b'b');
-            out.extend_from_slice(&v);
-        }
-    }
-    Some(out)
 }
 
 fn rejected(error: Error) -> DeliveryState {

@@ -58,12 +58,11 @@ impl Stamp<'_> {
     /// deliveries). `None` if the stored bytes do not parse (they were checked on the way in).
     pub fn encode(&self, payload: &[u8], delivery_count: u32) -> Option<Bytes> {
         let sections = Sections::scan(payload).ok()?;
-        let mut header = HeaderFields::from_header(sections.header(payload).ok()?.as_ref());
-        header.delivery_count = delivery_count;
-        header.first_acquirer = delivery_count == 0;
-        if let Some(ttl) = self.ttl_ms {
-            header.ttl = Some(ttl);
-        }
+        let header = HeaderFields::for_delivery(
+            sections.header(payload).ok()?.as_ref(),
+            delivery_count,
+            self.ttl_ms,
+        );
         let mut out = BytesMut::with_capacity(payload.len() + 128);
         encode_delivery_prefix(
             &mut out,

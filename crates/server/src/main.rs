@@ -8,8 +8,10 @@ mod config;
 mod emulator;
 mod encode;
 mod errors;
+mod faults;
 mod listen;
 mod management;
+mod message_id;
 mod nodes;
 mod sas;
 mod tls;
@@ -67,6 +69,10 @@ struct Cli {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// For Ferrobus's own tests only: honour the FERROBUS_TEST_* fault variables and the
+    /// panic node. Never use it in a deployment.
+    #[arg(long)]
+    enable_test_faults: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,16 +101,18 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cfg.log);
+    install_panic_log();
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    let faults = faults::TestFaults::from_env(cli.enable_test_faults)?;
     let closed = StorageClosed::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.server.worker_threads())
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = rt.block_on(run(cfg, closed.clone()));
+    let result = rt.block_on(run(cfg, faults, closed.clone()));
     // dropping the runtime drops every task and with them the last references to the store;
     // RocksDB must be closed before the process exits
     drop(rt);
@@ -133,15 +141,29 @@ fn init_logging(cfg: &LogConfig) {
     }
 }
 
+/// A panic is logged as an error where the logs go. Panics unwind (the release profile keeps
+/// `panic = "unwind"`), and tokio ends only the task that panicked: a connection's task owns
+/// everything of that connection, so a panic closes its socket and drops its links (their
+/// locked messages come back as on any disconnect) while every other connection carries on.
+fn install_panic_log() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("?"),
+            "panic: {info}; only the task that panicked is ended"
+        );
+    }));
+}
+
 /// Where `run` leaves the handle that says the RocksDB store is closed.
 #[derive(Clone, Default)]
 struct StorageClosed(Arc<std::sync::Mutex<Option<ferrobus_store_rocksdb::Closed>>>);
 
-async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
+async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.server.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.server.data_dir))?;
     let metrics = ferrobus_metrics::Metrics::new();
-    let storage = open_storage(&cfg, &metrics, &closed)?;
+    let storage = open_storage(&cfg, &faults, &metrics, &closed)?;
     let queues: Vec<(String, QueueConfig)> = cfg
         .queues
         .iter()
@@ -177,6 +199,7 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
         }),
         require_auth: cfg.auth.require,
         grants,
+        test_panic: faults.panic_node,
     });
     let engine = Arc::new(EngineConfig {
         container_id: "ferrobus".into(),
@@ -188,6 +211,10 @@ async fn run(cfg: Config, closed: StorageClosed) -> anyhow::Result<()> {
         link_credit: cfg.amqp.link_credit,
         require_sasl: cfg.amqp.require_sasl,
         handshake_timeout: Duration::from_secs(30),
+        properties: vec![
+            ("product", "ferrobus".into()),
+            ("version", env!("CARGO_PKG_VERSION").into()),
+        ],
     });
     let tls = match (&cfg.tls.cert, &cfg.tls.key) {
         (Some(cert), Some(key)) => Some(tls::Tls::load(cert.as_ref(), key.as_ref())?),
@@ -290,37 +317,18 @@ async fn expire_locks(broker: Arc<broker::Broker>, shutdown: CancellationToken) 
 /// Opens the configured storage: RocksDB in `<data_dir>/db`, or memory.
 fn open_storage(
     cfg: &Config,
+    faults: &faults::TestFaults,
     metrics: &Arc<ferrobus_metrics::Metrics>,
     closed: &StorageClosed,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     if cfg.storage.kind == "memory" {
         return Ok(Arc::new(MemoryStorage::new()));
     }
-    let fault = |var: &str, what: &str| -> anyhow::Result<Option<u64>> {
-        match std::env::var(var) {
-            Ok(v) => {
-                let n = v
-                    .parse()
-                    .with_context(|| format!("{var} must be a number of bytes"))?;
-                warn!(
-                    bytes = n,
-                    "test fault injection: {what} after this many bytes"
-                );
-                Ok(Some(n))
-            }
-            Err(_) => Ok(None),
-        }
-    };
-    let fail_writes_after_bytes = fault("FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES", "writes fail")?;
-    let fail_syncs_after_bytes = fault(
-        "FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES",
-        "the journal sync fails",
-    )?;
     let dir = std::path::Path::new(&cfg.server.data_dir).join("db");
     let opts = ferrobus_store_rocksdb::RocksOptions {
         observer: Some(Arc::new(CommitMetrics(metrics.clone()))),
-        fail_writes_after_bytes,
-        fail_syncs_after_bytes,
+        fail_writes_after_bytes: faults.fail_writes_after_bytes,
+        fail_syncs_after_bytes: faults.fail_syncs_after_bytes,
         ..Default::default()
     };
     let started = std::time::Instant::now();

@@ -310,8 +310,14 @@ impl Management {
                 )));
             };
             let payload = Bytes::copy_from_slice(b);
+            let bad = || Failure::bad("a scheduled message does not decode");
             let Ok(sections) = Sections::scan(&payload) else {
-                return reply(Err(Failure::bad("a scheduled message does not decode")));
+                return reply(Err(bad()));
+            };
+            let (payload, sections) = match crate::message_id::assign(&payload, &sections) {
+                Ok(Some(assigned)) => assigned,
+                Ok(None) => (payload, sections),
+                Err(_) => return reply(Err(bad())),
             };
             let at = sections
                 .annotation(&payload, SCHEDULED_ENQUEUE_TIME)

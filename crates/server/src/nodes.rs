@@ -32,20 +32,20 @@ impl Request {
     pub fn decode(payload: &[u8]) -> Option<Request> {
         let s = Sections::scan(payload).ok()?;
         let props: Option<Properties> = match &s.properties {
-            Some(r) => Some(ferrobus_codec::serde_amqp::from_slice(&payload[r.clone()]).ok()?),
+            Some(r) => Some(ferrobus_codec::decode(&payload[r.clone()], "properties").ok()?),
             None => None,
         };
         let app: HashMap<String, Value> = match &s.application_properties {
             Some(r) => {
                 let ap: ApplicationProperties =
-                    ferrobus_codec::serde_amqp::from_slice(&payload[r.clone()]).ok()?;
+                    ferrobus_codec::decode(&payload[r.clone()], "application-properties").ok()?;
                 ap.0.into_iter().map(|(k, v)| (k, Value::from(v))).collect()
             }
             None => HashMap::new(),
         };
         let body = match &s.body {
             Some(r) => {
-                ferrobus_codec::serde_amqp::from_slice::<AmqpValue<Value>>(&payload[r.clone()])
+                ferrobus_codec::decode::<AmqpValue<Value>>(&payload[r.clone()], "request body")
                     .map(|v| v.0)
                     .unwrap_or(Value::Null)
             }

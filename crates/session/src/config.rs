@@ -19,6 +19,9 @@ pub struct EngineConfig {
     pub require_sasl: bool,
     /// Time allowed for the protocol header, SASL and Open.
     pub handshake_timeout: Duration,
+    /// Connection properties we send in Open (`product`, `version`: how tools tell which
+    /// broker they reached).
+    pub properties: Vec<(&'static str, String)>,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +35,7 @@ impl Default for EngineConfig {
             link_credit: 1000,
             require_sasl: false,
             handshake_timeout: Duration::from_secs(30),
+            properties: Vec::new(),
         }
     }
 }

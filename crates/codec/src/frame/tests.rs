@@ -309,3 +309,105 @@ fn transfers_with_a_state_use_the_general_encoder() {
     };
     assert!(matches!(back.state, Some(DeliveryState::Accepted(_))));
 }
+
+/// A frame of `kind` around `body`.
+fn frame_of(kind: u8, body: &[u8]) -> BytesMut {
+    let mut f = BytesMut::new();
+    f.put_u32(8 + body.len() as u32);
+    f.put_slice(&[2, kind, 0, 0]);
+    f.put_slice(body);
+    f
+}
+
+/// An Open whose `properties` map holds `value` under the key "k".
+fn open_with_property(value: &[u8]) -> Vec<u8> {
+    let mut map = vec![0xa3, 1, b'k'];
+    map.extend_from_slice(value);
+    let mut props = vec![0xd1];
+    props.extend_from_slice(&(4 + map.len() as u32).to_be_bytes());
+    props.extend_from_slice(&2u32.to_be_bytes());
+    props.extend_from_slice(&map);
+    // container-id "c", eight nulls, then the properties
+    let mut fields = vec![0xa1, 1, b'c'];
+    fields.extend_from_slice(&[0x40; 8]);
+    fields.extend_from_slice(&props);
+    let mut body = vec![0x00, 0x53, 0x10, 0xd0];
+    body.extend_from_slice(&(4 + fields.len() as u32).to_be_bytes());
+    body.extend_from_slice(&10u32.to_be_bytes());
+    body.extend_from_slice(&fields);
+    body
+}
+
+fn nested_lists(n: usize) -> Vec<u8> {
+    let mut v = vec![0x45];
+    for _ in 0..n {
+        let mut outer = vec![0xd0];
+        outer.extend_from_slice(&(4 + v.len() as u32).to_be_bytes());
+        outer.extend_from_slice(&1u32.to_be_bytes());
+        outer.extend_from_slice(&v);
+        v = outer;
+    }
+    v
+}
+
+#[test]
+fn crafted_opens_are_decode_errors_not_crashes() {
+    // a sensible property decodes
+    let mut ok = frame_of(0, &open_with_property(&[0xa1, 1, b'v']));
+    assert!(matches!(
+        decode_frame(&mut ok, 1 << 20, FrameKind::Amqp),
+        Ok(Some(Frame::Amqp {
+            body: Some(Performative::Open(_)),
+            ..
+        }))
+    ));
+    // ~4,000 nested lists once overflowed a worker's stack and aborted the process
+    let mut deep = frame_of(0, &open_with_property(&nested_lists(4000)));
+    assert!(matches!(
+        decode_frame(&mut deep, 1 << 20, FrameKind::Amqp),
+        Err(FrameError::Decode(_))
+    ));
+    // an array32 of 65,536 nulls: 10 bytes on the wire, megabytes decoded
+    let mut nulls = vec![0xf0, 0, 0, 0, 5];
+    nulls.extend_from_slice(&65_536u32.to_be_bytes());
+    nulls.push(0x40);
+    let mut amplified = frame_of(0, &open_with_property(&nulls));
+    assert!(matches!(
+        decode_frame(&mut amplified, 1 << 20, FrameKind::Amqp),
+        Err(FrameError::Decode(_))
+    ));
+    // a str32 declaring 4 GiB
+    let mut long = frame_of(
+        0,
+        &open_with_property(&[0xb1, 0xff, 0xff, 0xff, 0xff, b'x']),
+    );
+    assert!(matches!(
+        decode_frame(&mut long, 1 << 20, FrameKind::Amqp),
+        Err(FrameError::Decode(_))
+    ));
+}
+
+#[test]
+fn a_sasl_init_declaring_gigabytes_is_a_decode_error() {
+    // sasl-init [mechanism: sym32 of 4 GiB]: 19 bytes that once reserved 4 GiB
+    let body = [0x00, 0x53, 0x41, 0xc0, 6, 1, 0xb3, 0xff, 0xff, 0xff, 0xff];
+    let mut f = frame_of(1, &body);
+    assert!(matches!(
+        decode_frame(&mut f, 512, FrameKind::Sasl),
+        Err(FrameError::Decode(_))
+    ));
+    // and deep nesting in the initial response's place
+    let mut deep = vec![0x00, 0x53, 0x41, 0xd0];
+    let inner = nested_lists(2000);
+    let mut fields = vec![0xa3, 5];
+    fields.extend_from_slice(b"PLAIN");
+    fields.extend_from_slice(&inner);
+    deep.extend_from_slice(&(4 + fields.len() as u32).to_be_bytes());
+    deep.extend_from_slice(&2u32.to_be_bytes());
+    deep.extend_from_slice(&fields);
+    let mut f = frame_of(1, &deep);
+    assert!(matches!(
+        decode_frame(&mut f, 1 << 20, FrameKind::Sasl),
+        Err(FrameError::Decode(_))
+    ));
+}

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use bytes::BytesMut;
 use ferrobus_codec::types::definitions::{
-    Error, ReceiverSettleMode, Role, SenderSettleMode, SessionError,
+    Error, LinkError, ReceiverSettleMode, Role, SenderSettleMode, SessionError,
 };
 use ferrobus_codec::types::performatives::{Attach, Detach, Performative};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,6 +14,9 @@ use crate::api::{AttachRequest, Endpoint, IncomingLink, LinkId, Outbox, Outgoing
 
 pub(crate) struct Link {
     pub id: LinkId,
+    /// The link's name and whether the peer sends on it: what identifies a link (part 2.6.1).
+    pub name: String,
+    pub peer_sends: bool,
     pub kind: LinkKind,
 }
 
@@ -75,12 +78,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             );
             return Ok(());
         }
+        let peer_sends = attach.role == Role::Sender;
+        self.steal(channel, &attach.name, peer_sends);
         let id = self.new_link_id();
         let outbox = Outbox {
             link: id,
             tx: self.tx.clone(),
         };
-        let peer_sends = attach.role == Role::Sender;
         let presettled = !peer_sends && attach.snd_settle_mode == SenderSettleMode::Settled;
         let req = AttachRequest {
             attach: &attach,
@@ -121,6 +125,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     handle,
                     Link {
                         id,
+                        name: attach.name.clone(),
+                        peer_sends,
                         kind: LinkKind::Closing,
                     },
                 );
@@ -151,6 +157,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     handle,
                     Link {
                         id,
+                        name: attach.name.clone(),
+                        peer_sends,
                         kind: LinkKind::In(link),
                     },
                 );
@@ -174,6 +182,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     handle,
                     Link {
                         id,
+                        name: attach.name.clone(),
+                        peer_sends,
                         kind: LinkKind::Out(link),
                     },
                 );
@@ -212,6 +222,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // dropping the endpoint here returns whatever the link still had locked
         drop(link);
         Ok(())
+    }
+
+    /// A live link of this session with the name and direction of a new attach is taken over
+    /// by the new one: the old link is detached with `amqp:link:stolen` first (part 2.6.1: a
+    /// name identifies one link). Clients that name links after their address, such as
+    /// Proton's `BlockingConnection`, match our attach reply to the first link of that name;
+    /// with the old link detached first they find the new one, and the connection lives on.
+    fn steal(&mut self, channel: u16, name: &str, peer_sends: bool) {
+        let Some(session) = self.sessions.get(&channel) else {
+            return;
+        };
+        let old = session.links.values().find(|l| {
+            l.name == name && l.peer_sends == peer_sends && !matches!(l.kind, LinkKind::Closing)
+        });
+        if let Some(old) = old.map(|l| l.id) {
+            self.detach_with_error(
+                old,
+                error(
+                    LinkError::Stolen,
+                    format!("link '{name}' was attached again on this session; the new attach took it over"),
+                ),
+            );
+        }
     }
 
     /// Detaches a link on the broker's initiative.

@@ -9,7 +9,7 @@ use ferrobus_codec::frame::{
 use ferrobus_codec::sasl::SaslFrame;
 use ferrobus_codec::types::definitions::{AmqpError, ConnectionError};
 use ferrobus_codec::types::performatives::{Open, Performative};
-use ferrobus_codec::types::primitives::{Array, Symbol};
+use ferrobus_codec::types::primitives::{Array, Symbol, Value};
 use ferrobus_codec::types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
@@ -191,7 +191,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             incoming_locales: None,
             offered_capabilities: None,
             desired_capabilities: None,
-            properties: None,
+            properties: (!self.cfg.properties.is_empty()).then(|| {
+                self.cfg
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (Symbol::from(*k), Value::String(v.clone())))
+                    .collect()
+            }),
         };
         self.write(0, &Performative::Open(ours));
         self.flush().await?;

@@ -244,15 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let bare = match Sections::scan(payload) {
                     Ok(sections) => match sections
                         .header(payload)
-                        .map(|h| {
-                            let mut header = HeaderFields::from_header(h.as_ref());
-                            header.delivery_count = *delivery_count;
-                            header.first_acquirer = *delivery_count == 0;
-                            if ttl_ms.is_some() {
-                                header.ttl = *ttl_ms;
-                            }
-                            header
-                        })
+                        .map(|h| HeaderFields::for_delivery(h.as_ref(), *delivery_count, *ttl_ms))
                         .and_then(|header| {
                             encode_delivery_prefix(
                                 &mut prefix,
