@@ -272,7 +272,7 @@ def assert_holds_exactly(b, accepted):
 
 
 def test_write_failure_refuses_with_resource_limit_exceeded_and_broker_stays_up(durable):
-    b = durable(env={"FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES": str(FAIL_AFTER)})
+    b = durable(env={"FERROBUS_TEST_FAIL_WRITES_AFTER_BYTES": str(FAIL_AFTER)}, args=["--enable-test-faults"])
     c = connect(b)
     try:
         # up to 1000 KiB: five times the budget
@@ -317,7 +317,7 @@ def test_a_failed_sync_refuses_every_write_turns_health_503_and_a_restart_recove
     """After a failed journal sync the kernel may have dropped unsynced pages: the broker must not
     acknowledge anything more, must say so on /health and /ready, and a restart must bring back
     everything it had accepted."""
-    b = durable(env={"FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES": str(FAIL_AFTER)})
+    b = durable(env={"FERROBUS_TEST_FAIL_SYNCS_AFTER_BYTES": str(FAIL_AFTER)}, args=["--enable-test-faults"])
     with connection(b) as c:
         snd = c.create_sender(QUEUE)
         accepted, refusal = send_until_refused(c, snd, "s")
