@@ -28,6 +28,7 @@ import functools
 import pytest
 
 from brokers import Broker
+from peer_checks import Healthy
 
 
 @pytest.fixture
@@ -62,6 +63,14 @@ def ops_broker(start_broker):
     """Factory for the operations tests: start_broker with clean_env=True, so the log level and
     config come only from what the test gives (extra_toml, config_file, args, env)."""
     return functools.partial(start_broker, clean_env=True)
+
+
+@pytest.fixture
+def healthy(broker):
+    """A proton client connected before a test's bad peer; `healthy.check()` uses it after."""
+    h = Healthy(broker)
+    yield h
+    h.close()
 
 
 def pytest_configure(config):

@@ -3,19 +3,19 @@ decoder), declared lengths allocated before they were read, and arrays whose dec
 decodes to megabytes. Each is sent raw; the broker must answer that connection with an error,
 stay up, and keep serving a client that was connected all along."""
 
-import socket
 import struct
-import time
 import uuid
 
 import pytest
-from proton import Delivery, Message
 
-from amqp_raw import (AMQP_HEADER, ATTACH, CLOSE, FLOW, OPEN, SASL_HEADER, SASL_MECHANISMS,
-                      SASL_OUTCOME, DISPOSITION, REJECTED, ACCEPTED, FRAME_SASL, PeerClosed, RawPeer,
+from amqp_raw import (AMQP_HEADER, ATTACH, FLOW, OPEN, SASL_HEADER, SASL_MECHANISMS,
+                      SASL_OUTCOME, DISPOSITION, REJECTED, ACCEPTED, FRAME_SASL, RawPeer,
                       Symbol, attach_sender_frame, encode, frame, perf, raw_frame, transfer_frame,
-                      encode_message, SASL_INIT, Described, ULong)
+                      encode_message, SASL_INIT, Described, ULong, CLOSE, TRANSFER, flow_frame,
+                      disposition_frame)
+from proton import Message
 from helpers import connect
+from peer_checks import expect_close
 
 
 # -- crafted bytes -------------------------------------------------------------------------
@@ -75,53 +75,6 @@ CRAFTED_VALUES = {
 
 
 # -- checks ----------------------------------------------------------------------------------
-class Healthy:
-    """A proton connection opened before the hostile peer and used after it."""
-
-    def __init__(self, broker):
-        self.broker = broker
-        self.conn = connect(broker)
-        self.snd = self.conn.create_sender("q2")
-        self.rcv = self.conn.create_receiver("q2", credit=1)
-
-    def check(self):
-        assert self.broker.alive(), "broker died (exit %r)\n%s" % (
-            self.broker.proc.poll(), self.broker.stderr_tail(4000))
-        body = "healthy-" + uuid.uuid4().hex
-        assert self.snd.send(Message(body=body), timeout=10).remote_state == Delivery.ACCEPTED
-        m = self.rcv.receive(timeout=10)
-        self.rcv.accept()
-        assert m.body == body
-
-    def close(self):
-        self.conn.close()
-
-
-@pytest.fixture
-def healthy(broker):
-    h = Healthy(broker)
-    yield h
-    h.close()
-
-
-def expect_close(peer, condition, timeout=10):
-    """Frames until Close; its error must be `condition`; then the socket closes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            f = peer.next_frame(max(0.001, deadline - time.monotonic()))
-        except PeerClosed:
-            raise AssertionError("socket closed without Close(%s); received %r" % (condition, peer.log))
-        except (socket.timeout, TimeoutError):
-            raise AssertionError("no Close(%s) within %ss; received %r" % (condition, timeout, peer.log))
-        if f.code == CLOSE:
-            break
-    err = f.error()
-    assert err is not None and err[0] == condition, "Close carries %r, expected %s" % (err, condition)
-    assert peer.wait_eof(5), "socket still open after Close"
-    return err
-
-
 def sasl_anonymous(p):
     p.send(SASL_HEADER)
     assert p.read_header() == SASL_HEADER
@@ -204,6 +157,44 @@ def test_crafted_attach_properties_are_a_decode_error(broker, healthy):
     healthy.check()
 
 
+def test_a_source_filter_the_encoder_cannot_write_back_is_not_echoed(broker, healthy):
+    """serde_amqp 0.18 panics encoding a map with a timestamp key before a binary value (found
+    by fuzzing); the broker once echoed the peer's filter set in its Attach and lost the
+    connection to that panic. Now the reply carries no filter and the link works."""
+    ts_bin_map = b"\xc1\x0d\x02\x83" + b"\x00" * 8 + b"\xa0\x01x"
+    filter_set = b"\xc1" + bytes([1 + 3 + 4 + len(ts_bin_map)]) + b"\x02" + b"\xa3\x01f" \
+        + b"\x00\xa3\x01f" + ts_bin_map
+    # source [address, durable, expiry, timeout, dynamic, dynamic-node-properties,
+    #         distribution-mode, filter]
+    source = described_list(0x28, [b"\xa1\x02q1", NULL, NULL, NULL, NULL, NULL, NULL, filter_set])
+    with RawPeer(broker.amqp_addr) as p:
+        p.open()
+        p.begin()
+        attach = described_list(ATTACH, [
+            b"\xa1\x06filter", b"\x70\x00\x00\x00\x00", b"\x41", NULL, NULL,
+            source, encode(perf(0x29, None))])
+        p.send(raw_frame(attach))
+        reply = p.expect(ATTACH)
+        reply_source = reply.field(5)
+        assert reply_source is not None and reply_source.field(0) == "q1", reply
+        assert reply_source.field(7) is None, "the filter was echoed: %r" % (reply_source,)
+        # the link works: a message sent meanwhile arrives on it
+        body = "after-filter-" + uuid.uuid4().hex
+        conn = connect(broker)
+        try:
+            conn.create_sender("q1").send(Message(body=body), timeout=10)
+        finally:
+            conn.close()
+        p.send(flow_frame(0, 1))
+        transfer = p.expect(TRANSFER)
+        assert body.encode() in transfer.payload
+        p.send(disposition_frame(transfer.field(1), ACCEPTED))
+        p.send(frame(perf(CLOSE)))
+        p.expect(CLOSE)
+    assert "panicked" not in broker.stderr_tail(20000)
+    healthy.check()
+
+
 def test_a_message_with_crafted_application_properties_is_rejected_alone(broker, healthy):
     with RawPeer(broker.amqp_addr) as p:
         p.open()
@@ -247,8 +238,11 @@ def test_a_management_request_with_a_crafted_body_is_rejected(broker, healthy):
         props = encode(perf(0x73, "req-1", None, None, None, "reply-here"))
         app = encode(Described(ULong(0x74), {"operation": "com.microsoft:peek-message"}))
         value = b"\x00\x53\x77" + nested_lists(4000)
-        p.send(transfer_frame(0, 0, b"m0", props + value))
+        p.send(transfer_frame(0, 0, b"m0", props + app + value))
         d = p.expect(DISPOSITION)
-        assert d.field(4) is not None, "no outcome for the request"
+        state = d.field(4)
+        assert state is not None and state.code == REJECTED, "expected rejected, got %r" % (d,)
+        err = state.field(0)
+        assert err is not None and err.field(0) == "amqp:decode-error", state
     healthy.check()
 

@@ -4,77 +4,16 @@ import socket
 import struct
 import threading
 import time
-import uuid
 
 import pytest
-from proton import Delivery, Message
+from proton import Message
 
 from amqp_raw import (ACCEPTED, AMQP_HEADER, ATTACH, BEGIN, CLOSE, END, FLOW, FRAME_SASL, OPEN, SASL_HEADER,
                       SASL_INIT, SASL_MECHANISMS, SASL_OUTCOME, TRANSFER, PeerClosed, RawPeer, Symbol,
                       UInt, amqp_value_body, attach_receiver_frame, attach_sender_frame, begin_frame, disposition_frame, encode_message,
                       flow_frame, frame, perf, raw_frame, transfer_frame)
 from helpers import KEY_NAME, KEY_VALUE, connect, expect_empty, pump
-
-
-class Healthy:
-    """A well-behaved proton connection opened before the bad peer and used after it."""
-
-    def __init__(self, broker):
-        self.broker = broker
-        self.conn = connect(broker)
-        self.snd = self.conn.create_sender("q2")
-        self.rcv = self.conn.create_receiver("q2", credit=1)
-
-    def check(self):
-        assert self.broker.alive(), "broker process died (exit %r)" % self.broker.proc.poll()
-        body = "healthy-" + uuid.uuid4().hex
-        d = self.snd.send(Message(body=body), timeout=10)
-        assert d.remote_state == Delivery.ACCEPTED
-        m = self.rcv.receive(timeout=10)
-        self.rcv.accept()
-        assert m.body == body
-        # and a brand-new connection works too
-        with RawPeer(self.broker.amqp_addr) as p:
-            p.open()
-            p.send(frame(perf(CLOSE)))
-            p.expect(CLOSE)
-        assert self.broker.alive()
-
-    def close(self):
-        self.conn.close()
-
-
-@pytest.fixture
-def healthy(broker):
-    h = Healthy(broker)
-    yield h
-    h.close()
-
-
-def expect_close(peer, condition, timeout=10):
-    """Read until a Close arrives (heartbeats/other frames skipped), check its error
-    condition, answer it, and require the socket to be closed afterwards."""
-    deadline = time.monotonic() + timeout
-    close = None
-    while close is None:
-        try:
-            f = peer.next_frame(max(0.001, deadline - time.monotonic()))
-        except PeerClosed:
-            raise AssertionError("socket %s without a Close frame carrying %s; received: %r"
-                                 % ("reset" if peer.reset else "closed", condition, peer.log))
-        except (socket.timeout, TimeoutError):
-            raise AssertionError("no Close(%s) within %ss; received: %r" % (condition, timeout, peer.log))
-        if f.code == CLOSE:
-            close = f
-    err = close.error()
-    assert err is not None and err[0] == condition, "Close carries %r, expected %s (log %r)" % (
-        err, condition, peer.log)
-    try:
-        peer.send(frame(perf(CLOSE)))
-    except OSError:
-        pass
-    assert peer.wait_eof(5), "socket still open 5 s after Close(%s)" % condition
-    return close
+from peer_checks import Healthy, expect_close
 
 
 # ---------------------------------------------------------------------------

@@ -361,7 +361,7 @@ pub fn map_entries(buf: &[u8]) -> Result<(u32, &[u8]), CodecError> {
 }
 
 #[cfg(test)]
-mod check_tests;
+pub(crate) mod check_tests;
 
 #[cfg(test)]
 mod tests {

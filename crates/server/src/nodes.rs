@@ -46,8 +46,8 @@ impl Request {
         let body = match &s.body {
             Some(r) => {
                 ferrobus_codec::decode::<AmqpValue<Value>>(&payload[r.clone()], "request body")
-                    .map(|v| v.0)
-                    .unwrap_or(Value::Null)
+                    .ok()?
+                    .0
             }
             None => Value::Null,
         };

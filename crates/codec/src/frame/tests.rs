@@ -4,6 +4,8 @@ use fe2o3_amqp_types::performatives::{Attach, Close, Flow, Open};
 use fe2o3_amqp_types::primitives::Binary;
 use proptest::prelude::*;
 
+use crate::value::check_tests::nested_lists;
+
 fn decode_all(buf: &mut BytesMut, max: u32) -> Vec<(u16, Option<Performative>, Bytes)> {
     let mut frames = vec![];
     while let Some(f) = decode_frame(buf, max, FrameKind::Amqp).unwrap() {
@@ -336,18 +338,6 @@ fn open_with_property(value: &[u8]) -> Vec<u8> {
     body.extend_from_slice(&10u32.to_be_bytes());
     body.extend_from_slice(&fields);
     body
-}
-
-fn nested_lists(n: usize) -> Vec<u8> {
-    let mut v = vec![0x45];
-    for _ in 0..n {
-        let mut outer = vec![0xd0];
-        outer.extend_from_slice(&(4 + v.len() as u32).to_be_bytes());
-        outer.extend_from_slice(&1u32.to_be_bytes());
-        outer.extend_from_slice(&v);
-        v = outer;
-    }
-    v
 }
 
 #[test]

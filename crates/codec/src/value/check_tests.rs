@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use serde_amqp::primitives::{Array, OrderedMap, Symbol};
 use serde_amqp::Value;
 
-/// `n` lists, each holding the next: `[[[...]]]`.
-fn nested_lists(n: usize) -> Vec<u8> {
+/// `n` lists, each holding the next: `[[[...]]]` (the frame tests build crafted Opens on it).
+pub(crate) fn nested_lists(n: usize) -> Vec<u8> {
     let mut v = vec![0x45]; // the innermost: list0
     for _ in 0..n {
         let mut outer = vec![0xd0];

@@ -6,6 +6,9 @@ use bytes::BytesMut;
 use ferrobus_codec::types::definitions::{
     Error, LinkError, ReceiverSettleMode, Role, SenderSettleMode, SessionError,
 };
+use ferrobus_codec::types::messaging::{
+    Modified, Outcome, Rejected, Source, Target, TargetArchetype,
+};
 use ferrobus_codec::types::performatives::{Attach, Detach, Performative};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -61,6 +64,51 @@ pub(crate) struct OutLink {
     pub presettled: bool,
 }
 
+/// The source we attach with, from the one the peer proposed.
+///
+/// The broker never encodes a `Value` a peer sent: serde_amqp 0.18's encoder panics on some
+/// values its decoder accepts (a map with a timestamp key before a binary value) and writes
+/// others wrongly (arrays of non-ASCII strings). So the reply keeps the terminus's typed fields
+/// and drops those that hold peer values: the filter set (no filter is applied on a link yet,
+/// and a reply lists only the filters in force, part 3.5.3), the dynamic node properties, and
+/// the error or annotations of a default outcome.
+fn echo_source(s: &Source) -> Source {
+    Source {
+        address: s.address.clone(),
+        durable: s.durable.clone(),
+        expiry_policy: s.expiry_policy.clone(),
+        timeout: s.timeout,
+        dynamic: s.dynamic,
+        dynamic_node_properties: None,
+        distribution_mode: s.distribution_mode.clone(),
+        filter: None,
+        default_outcome: s.default_outcome.as_ref().map(|o| match o {
+            Outcome::Rejected(_) => Outcome::Rejected(Rejected { error: None }),
+            Outcome::Modified(m) => Outcome::Modified(Modified {
+                delivery_failed: m.delivery_failed,
+                undeliverable_here: m.undeliverable_here,
+                message_annotations: None,
+            }),
+            o => o.clone(),
+        }),
+        outcomes: s.outcomes.clone(),
+        capabilities: s.capabilities.clone(),
+    }
+}
+
+/// The target we attach with: the peer's without its dynamic node properties (see
+/// [`echo_source`]).
+fn echo_target(t: &TargetArchetype) -> TargetArchetype {
+    match t {
+        TargetArchetype::Target(t) => TargetArchetype::Target(Target {
+            dynamic_node_properties: None,
+            ..t.clone()
+        }),
+        #[allow(unreachable_patterns)]
+        other => other.clone(),
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub(super) fn on_attach(&mut self, channel: u16, attach: Attach) -> Result<(), Fatal> {
         let handle = attach.handle.0;
@@ -106,8 +154,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             },
             snd_settle_mode: attach.snd_settle_mode.clone(),
             rcv_settle_mode: attach.rcv_settle_mode.clone(),
-            source: attach.source.clone(),
-            target: attach.target.clone(),
+            source: attach.source.as_deref().map(echo_source).map(Box::new),
+            target: attach.target.as_deref().map(echo_target).map(Box::new),
             unsettled: None,
             incomplete_unsettled: false,
             initial_delivery_count: Some(0),
