@@ -23,9 +23,10 @@ use ferrobus_store::{
 
 use crate::cbs::Grants;
 use crate::config::KeyRule;
+use crate::dest::Dest;
 use crate::encode::{Stamp, OWNED_ANNOTATIONS};
 use crate::errors::{condition, store_error};
-use crate::management::{Management, SCHEDULED_ENQUEUE_TIME};
+use crate::management::{Management, TopicManagement, SCHEDULED_ENQUEUE_TIME};
 use crate::message_id;
 use crate::nodes::{Node, ReplyLinks, RequestLink};
 
@@ -91,6 +92,13 @@ impl Router for Broker {
             }
             let lower = n.trim_matches('/').to_ascii_lowercase();
             if let Some(entity) = lower.strip_suffix(MANAGEMENT_SUFFIX) {
+                if let Some(topic) = self.entities.topic(entity) {
+                    let node = Arc::new(TopicManagement {
+                        name: lower.clone(),
+                        topic: topic.clone(),
+                    });
+                    return Ok(self.attach_node(&req, node, peer_sends));
+                }
                 let resolved = self
                     .entities
                     .resolve(entity)
@@ -109,12 +117,30 @@ impl Router for Broker {
                 "the link has no address".into(),
             ));
         };
+        if let Some(topic) = self.entities.topic(&address) {
+            if !peer_sends {
+                return Err(refuse(
+                    AmqpError::NotAllowed,
+                    format!(
+                        "'{address}' is a topic: receive from one of its subscriptions, \
+                         '{}/Subscriptions/<name>'",
+                        topic.name()
+                    ),
+                ));
+            }
+            self.metrics.links.inc();
+            return Ok(Endpoint::Incoming(Box::new(Producer {
+                dest: Dest::Topic(topic.clone()),
+                outbox: req.outbox,
+                metrics: self.metrics.clone(),
+                pending: Vec::new(),
+                _gauge: LinkGauge(self.metrics.clone()),
+            })));
+        }
         let resolved = self
             .entities
             .resolve(&address)
             .map_err(|e| refuse(AmqpError::NotFound, e.to_string()))?;
-        self.metrics.links.inc();
-        let guard = LinkGauge(self.metrics.clone());
         if peer_sends {
             if resolved.lane == Lane::DeadLetter {
                 return Err(refuse(
@@ -122,8 +148,18 @@ impl Router for Broker {
                     format!("'{address}' is a dead-letter queue; messages cannot be sent to it"),
                 ));
             }
+            if resolved.queue.is_subscription() {
+                return Err(refuse(
+                    AmqpError::NotAllowed,
+                    format!("'{address}' is a subscription; send to its topic instead"),
+                ));
+            }
+        }
+        self.metrics.links.inc();
+        let guard = LinkGauge(self.metrics.clone());
+        if peer_sends {
             Ok(Endpoint::Incoming(Box::new(Producer {
-                queue: resolved.queue,
+                dest: Dest::Queue(resolved.queue),
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 pending: Vec::new(),
@@ -223,6 +259,9 @@ impl Broker {
             q.release_due(now);
             q.expire_messages(now);
         }
+        for t in self.entities.topics() {
+            t.sweep(now);
+        }
     }
 }
 
@@ -280,9 +319,9 @@ impl Drop for LinkGauge {
 /// A transfer's messages and size, or why it is refused.
 type Unpacked = Result<(Vec<NewMessage>, u64), Error>;
 
-/// A producer link into a queue.
+/// A producer link into a queue or a topic.
 struct Producer {
-    queue: Arc<ferrobus_store::Queue>,
+    dest: Dest,
     outbox: Outbox,
     metrics: Arc<Metrics>,
     /// The messages of the current read, stored together at its end: each transfer's
@@ -293,7 +332,7 @@ struct Producer {
 
 impl IncomingLink for Producer {
     fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
-        let with_id = self.queue.config().duplicate_detection_ms > 0;
+        let with_id = self.dest.detects_duplicates();
         let items = unpack(message_format, &payload, with_id).map(|i| (i, payload.len() as u64));
         self.pending.push((delivery_id, items));
     }
@@ -344,7 +383,7 @@ impl IncomingLink for Producer {
         if groups.is_empty() {
             return published(Ok(Vec::new()));
         }
-        self.queue.enqueue_each(groups, Box::new(published));
+        self.dest.enqueue_each(groups, Box::new(published));
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Config {
     /// The queues.
     #[serde(default)]
     pub queues: Vec<QueueDecl>,
+    /// The topics, with their subscriptions and rules.
+    #[serde(default)]
+    pub topics: Vec<crate::topology::TopicDecl>,
     /// Things in the configuration that are accepted but not applied (logged at start-up).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -239,19 +242,19 @@ pub struct QueueDecl {
     pub duplicate_detection_window_ms: u64,
 }
 
-fn default_duplicate_window_ms() -> u64 {
+pub(crate) fn default_duplicate_window_ms() -> u64 {
     600_000
 }
 
-fn default_lock_duration_ms() -> u64 {
+pub(crate) fn default_lock_duration_ms() -> u64 {
     60_000
 }
 
-fn default_max_delivery_count() -> u32 {
+pub(crate) fn default_max_delivery_count() -> u32 {
     10
 }
 
-fn default_max_size_mb() -> u64 {
+pub(crate) fn default_max_size_mb() -> u64 {
     1024
 }
 

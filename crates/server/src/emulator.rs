@@ -31,6 +31,177 @@ const FLAGS: &[(&str, &str)] = &[
         "dead_lettering_on_message_expiration",
     ),
     ("RequiresDuplicateDetection", "requires_duplicate_detection"),
+    (
+        "DeadLetteringOnFilterEvaluationExceptions",
+        "dead_lettering_on_filter_evaluation_exceptions",
+    ),
+];
+
+/// Our keys each entity kind takes.
+const QUEUE_KEYS: &[&str] = &[
+    "lock_duration_ms",
+    "default_message_ttl_ms",
+    "duplicate_detection_window_ms",
+    "dead_lettering_on_message_expiration",
+    "requires_duplicate_detection",
+    "max_delivery_count",
+];
+const TOPIC_KEYS: &[&str] = &[
+    "default_message_ttl_ms",
+    "duplicate_detection_window_ms",
+    "requires_duplicate_detection",
+];
+const SUBSCRIPTION_KEYS: &[&str] = &[
+    "lock_duration_ms",
+    "default_message_ttl_ms",
+    "dead_lettering_on_message_expiration",
+    "dead_lettering_on_filter_evaluation_exceptions",
+    "max_delivery_count",
+];
+
+/// Appends `[[table]]` with its name and keys.
+fn push_table(toml: &mut String, table: &str, name: &str, keys: &[String]) {
+    toml.push_str(&format!("[[{table}]]\nname = {}\n", toml_string(name)));
+    for k in keys {
+        toml.push_str(k);
+        toml.push('\n');
+    }
+    toml.push('\n');
+}
+
+/// Our keys for an entity's `Properties`; what we do not apply yet, or what does not apply to
+/// this kind of entity, becomes a warning.
+fn entity_keys(
+    item: &str,
+    entity: &Value,
+    allowed: &[&str],
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let Some(props) = entity.get("Properties").and_then(Value::as_object) else {
+        return Ok(keys);
+    };
+    for (key, value) in props {
+        let item = format!("{item}: property {key}");
+        let (ours, text) = if key == "MaxDeliveryCount" {
+            let v = value
+                .as_u64()
+                .filter(|v| (1..=u32::MAX as u64).contains(v))
+                .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be a positive integer"))?;
+            ("max_delivery_count", v.to_string())
+        } else if let Some((_, ours)) = DURATIONS.iter().find(|(k, _)| k == key) {
+            let ms = value
+                .as_str()
+                .and_then(iso_duration_ms)
+                .filter(|ms| *ms >= 1000)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "Config.json: {item} must be an ISO-8601 duration of at least 1 s, like PT1M"
+                    )
+                })?;
+            (*ours, ms.to_string())
+        } else if let Some((_, ours)) = FLAGS.iter().find(|(k, _)| k == key) {
+            let b = value
+                .as_bool()
+                .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be true or false"))?;
+            (*ours, b.to_string())
+        } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
+            if off.is_none_or(|off| *value.to_string() != *off) {
+                warnings.push(format!(
+                    "Config.json: {item} = {value} is not supported yet and is ignored"
+                ));
+            }
+            continue;
+        } else {
+            warnings.push(format!("Config.json: {item} is unknown and is ignored"));
+            continue;
+        };
+        if allowed.contains(&ours) {
+            keys.push(format!("{ours} = {text}"));
+        } else {
+            warnings.push(format!(
+                "Config.json: {item} does not apply to this kind of entity and is ignored"
+            ));
+        }
+    }
+    Ok(keys)
+}
+
+/// Our keys for one rule: `{Name, Properties: {FilterType, SqlFilter: {SqlExpression},
+/// CorrelationFilter: {...}, Action: {SqlExpression}}}`. A rule without properties is the
+/// true filter.
+fn rule_keys(sub: &str, index: usize, rule: &Value) -> anyhow::Result<Vec<String>> {
+    let at = format!("Config.json: {sub}: Rules[{index}]");
+    let mut keys = Vec::new();
+    let Some(props) = rule.get("Properties") else {
+        return Ok(keys);
+    };
+    let text = |v: Option<&Value>, what: &str| -> anyhow::Result<Option<String>> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => anyhow::bail!("{at}: {what} must be a string, not {other}"),
+        }
+    };
+    let kind = text(props.get("FilterType"), "FilterType")?;
+    match kind.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("sql") => {
+            let sql = text(
+                props.pointer("/SqlFilter/SqlExpression"),
+                "SqlFilter.SqlExpression",
+            )?
+            .ok_or_else(|| anyhow::anyhow!("{at}: a Sql rule needs SqlFilter.SqlExpression"))?;
+            keys.push(format!("sql = {}", toml_string(&sql)));
+        }
+        Some("correlation") => {
+            let c = props.get("CorrelationFilter").and_then(Value::as_object);
+            for (json, ours) in CORRELATION_FIELDS {
+                if let Some(v) = text(c.and_then(|c| c.get(*json)), json)? {
+                    keys.push(format!("{ours} = {}", toml_string(&v)));
+                }
+            }
+            if let Some(p) = c
+                .and_then(|c| c.get("Properties"))
+                .and_then(Value::as_object)
+            {
+                let mut inline = Vec::new();
+                for (k, v) in p {
+                    let v = match v {
+                        Value::String(s) => toml_string(s),
+                        Value::Bool(_) | Value::Number(_) => v.to_string(),
+                        other => anyhow::bail!(
+                            "{at}: correlation property '{k}' must be a string, number or boolean, not {other}"
+                        ),
+                    };
+                    inline.push(format!("{} = {v}", toml_string(k)));
+                }
+                keys.push(format!("properties = {{ {} }}", inline.join(", ")));
+            }
+        }
+        None => {}
+        Some(other) => anyhow::bail!("{at}: FilterType {other:?} is not Sql or Correlation"),
+    }
+    if let Some(action) = text(
+        props.pointer("/Action/SqlExpression"),
+        "Action.SqlExpression",
+    )? {
+        if !action.trim().is_empty() {
+            keys.push(format!("action = {}", toml_string(&action)));
+        }
+    }
+    Ok(keys)
+}
+
+/// Correlation filter fields: the emulator's name, ours.
+const CORRELATION_FIELDS: &[(&str, &str)] = &[
+    ("ContentType", "content_type"),
+    ("CorrelationId", "correlation_id"),
+    ("Label", "label"),
+    ("MessageId", "message_id"),
+    ("ReplyTo", "reply_to"),
+    ("ReplyToSessionId", "reply_to_session_id"),
+    ("SessionId", "session_id"),
+    ("To", "to"),
 ];
 
 /// Our TOML for an emulator `Config.json`, and the warnings about what it asks for that is
@@ -54,66 +225,38 @@ pub fn to_toml(text: &str) -> anyhow::Result<(String, Vec<String>)> {
          [[auth.keys]]\nname = \"RootManageSharedAccessKey\"\nkey = \"SAS_KEY_VALUE\"\n\n",
     );
     for (n, ns) in namespaces.iter().enumerate() {
-        let ns_name = ns.get("Name").and_then(Value::as_str).unwrap_or("?");
         for (i, q) in array(ns, "Queues").iter().enumerate() {
             let name = q.get("Name").and_then(Value::as_str).ok_or_else(|| {
                 anyhow::anyhow!("Config.json: Namespaces[{n}].Queues[{i}].Name is missing")
             })?;
-            let mut keys: Vec<String> = Vec::new();
-            if let Some(props) = q.get("Properties").and_then(Value::as_object) {
-                for (key, value) in props {
-                    let item = format!("queue '{name}': property {key}");
-                    if key == "MaxDeliveryCount" {
-                        let v = value
-                            .as_u64()
-                            .filter(|v| (1..=u32::MAX as u64).contains(v))
-                            .ok_or_else(|| {
-                                anyhow::anyhow!("Config.json: {item} must be a positive integer")
-                            })?;
-                        keys.push(format!("max_delivery_count = {v}"));
-                    } else if let Some((_, ours)) = DURATIONS.iter().find(|(k, _)| k == key) {
-                        let ms = value
-                            .as_str()
-                            .and_then(iso_duration_ms)
-                            .filter(|ms| *ms >= 1000)
-                            .ok_or_else(|| {
-                                anyhow::anyhow!("Config.json: {item} must be an ISO-8601 duration of at least 1 s, like PT1M")
-                            })?;
-                        keys.push(format!("{ours} = {ms}"));
-                    } else if let Some((_, ours)) = FLAGS.iter().find(|(k, _)| k == key) {
-                        let b = value.as_bool().ok_or_else(|| {
-                            anyhow::anyhow!("Config.json: {item} must be true or false")
-                        })?;
-                        keys.push(format!("{ours} = {b}"));
-                    } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
-                        if off.is_none_or(|off| *value.to_string() != *off) {
-                            warnings.push(format!(
-                                "Config.json: {item} = {value} is not supported yet and is ignored"
-                            ));
-                        }
-                    } else {
-                        warnings.push(format!("Config.json: {item} is unknown and is ignored"));
-                    }
-                }
-            }
-            toml.push_str(&format!("[[queues]]\nname = {}\n", toml_string(name)));
-            for k in keys {
-                toml.push_str(&k);
-                toml.push('\n');
-            }
-            toml.push('\n');
+            let keys = entity_keys(&format!("queue '{name}'"), q, QUEUE_KEYS, &mut warnings)?;
+            push_table(&mut toml, "queues", name, &keys);
         }
-        for t in array(ns, "Topics") {
-            let topic = t.get("Name").and_then(Value::as_str).unwrap_or("?");
-            warnings.push(format!(
-                "Config.json: topic '{topic}' in namespace '{ns_name}' is not supported yet and is not created"
-            ));
-            for s in array(t, "Subscriptions") {
-                let sub = s.get("Name").and_then(Value::as_str).unwrap_or("?");
-                let rules = array(s, "Rules").len();
-                warnings.push(format!(
-                    "Config.json: subscription '{topic}/{sub}' ({rules} rules) is not supported yet and is not created"
-                ));
+        for (i, t) in array(ns, "Topics").iter().enumerate() {
+            let topic = t.get("Name").and_then(Value::as_str).ok_or_else(|| {
+                anyhow::anyhow!("Config.json: Namespaces[{n}].Topics[{i}].Name is missing")
+            })?;
+            let keys = entity_keys(&format!("topic '{topic}'"), t, TOPIC_KEYS, &mut warnings)?;
+            push_table(&mut toml, "topics", topic, &keys);
+            for (j, sub) in array(t, "Subscriptions").iter().enumerate() {
+                let name = sub.get("Name").and_then(Value::as_str).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "Config.json: topic '{topic}': Subscriptions[{j}].Name is missing"
+                    )
+                })?;
+                let label = format!("subscription '{topic}/{name}'");
+                let keys = entity_keys(&label, sub, SUBSCRIPTION_KEYS, &mut warnings)?;
+                push_table(&mut toml, "topics.subscriptions", name, &keys);
+                for (k, rule) in array(sub, "Rules").iter().enumerate() {
+                    let keys = rule_keys(&label, k, rule)?;
+                    let rule_name = rule.get("Name").and_then(Value::as_str);
+                    push_table(
+                        &mut toml,
+                        "topics.subscriptions.rules",
+                        rule_name.unwrap_or(ferrobus_filter::DEFAULT_RULE_NAME),
+                        &keys,
+                    );
+                }
             }
         }
     }
@@ -266,8 +409,41 @@ mod tests {
             !all.contains("RequiresSession"),
             "off values need no warning: {all}"
         );
-        assert!(all.contains("topic 'topic.1'"));
-        assert!(all.contains("subscription 'topic.1/subscription.1' (1 rules)"));
+        assert!(toml.contains("[[topics]]\nname = \"topic.1\""), "{toml}");
+        assert!(
+            toml.contains("[[topics.subscriptions]]\nname = \"subscription.1\""),
+            "{toml}"
+        );
+        assert!(!all.contains("topic"), "topics are supported: {all}");
+    }
+
+    #[test]
+    fn rules_of_both_kinds_become_rules() {
+        let json = r#"{"UserConfig":{"Namespaces":[{"Name":"sbemulatorns","Topics":[{
+          "Name":"t","Properties":{"DefaultMessageTimeToLive":"PT1H"},
+          "Subscriptions":[{"Name":"s","Properties":{"LockDuration":"PT1M","MaxDeliveryCount":3},
+            "Rules":[
+              {"Name":"sql","Properties":{"FilterType":"Sql","SqlFilter":{"SqlExpression":"a = 'b'"}}},
+              {"Name":"corr","Properties":{"FilterType":"Correlation",
+                "CorrelationFilter":{"CorrelationId":"id-1","Properties":{"prop1":"v1","n":2}}}}
+            ]}]}]}]}}"#;
+        let (toml, warnings) = to_toml(json).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(toml.contains("sql = \"a = 'b'\""), "{toml}");
+        assert!(toml.contains("correlation_id = \"id-1\""), "{toml}");
+        assert!(
+            toml.contains("properties = { \"n\" = 2, \"prop1\" = \"v1\" }"),
+            "{toml}"
+        );
+        let c: crate::config::Config = config::Config::builder()
+            .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        let specs = crate::topology::topic_specs(&c.topics).unwrap();
+        assert_eq!(specs[0].subscriptions[0].1.rules.len(), 2);
+        assert_eq!(specs[0].config.default_ttl_ms, 3_600_000);
     }
 
     #[test]

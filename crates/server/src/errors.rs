@@ -16,6 +16,7 @@ pub fn store_error(e: &StoreError) -> Error {
         StoreError::LockLost => ErrorCondition::Custom(Symbol::from(MESSAGE_LOCK_LOST)),
         StoreError::NotFound(_) => ErrorCondition::Custom(Symbol::from(MESSAGE_NOT_FOUND)),
         StoreError::Full(_) => AmqpError::ResourceLimitExceeded.into(),
+        StoreError::Invalid(_) => AmqpError::InvalidField.into(),
         StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
     };
     ferrobus_codec::error(condition, e.to_string())

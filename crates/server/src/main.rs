@@ -5,16 +5,19 @@
 mod broker;
 mod cbs;
 mod config;
+mod dest;
 mod emulator;
 mod encode;
 mod errors;
 mod faults;
+mod filter_view;
 mod listen;
 mod management;
 mod message_id;
 mod nodes;
 mod sas;
 mod tls;
+mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -183,7 +186,9 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
             (q.name.clone(), qc)
         })
         .collect();
-    let entities = Entities::open(storage.clone(), &queues).context("opening the entities")?;
+    let topics = topology::topic_specs(&cfg.topics)?;
+    let entities = Entities::open_all(storage.clone(), &queues, &topics, filter_view::view())
+        .context("opening the entities")?;
     let keys = Arc::new(cfg.auth.keys);
     let grants = cbs::Grants::default();
     let broker = Arc::new(broker::Broker {

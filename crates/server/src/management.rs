@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferrobus_codec::message::{decode_millis, Sections};
+use ferrobus_codec::types::messaging::MessageId;
 use ferrobus_codec::types::primitives::{
     Array, OrderedMap, SimpleValue, Symbol, Timestamp, Uuid, Value,
 };
-use ferrobus_store::{Lane, Outcome, Queue, StoreError};
+use ferrobus_store::{Lane, Outcome, Queue, StoreError, Topic};
+
+use crate::dest::Dest;
 
 use crate::encode::Stamp;
 use crate::nodes::{response, Node, Request, Respond};
@@ -52,27 +55,16 @@ impl Node for Management {
     }
 
     fn handle(&self, req: Request, respond: Respond) {
-        let id = req.message_id.clone();
-        let reply = move |r: Result<Option<Value>, Failure>| {
-            respond(match r {
-                Ok(Some(body)) => response(id, status(200, "OK".into(), None), body),
-                Ok(None) => response(id, status(204, "No Content".into(), None), Value::Null),
-                Err(Failure(code, cond, text)) => {
-                    response(id, status(code, text, Some(cond)), Value::Null)
-                }
-            })
-        };
+        let reply = replier(req.message_id.clone(), respond);
         let op = req.text("operation").unwrap_or("").to_string();
         let body = &req.body;
         match op.as_str() {
             "com.microsoft:renew-lock" => reply(self.renew_lock(body)),
             "com.microsoft:peek-message" => reply(self.peek(body)),
             "com.microsoft:receive-by-sequence-number" => reply(self.receive_by_sequence(body)),
-            "com.microsoft:update-disposition" => self.update_disposition(body, Box::new(reply)),
-            "com.microsoft:schedule-message" => self.schedule(body, Box::new(reply)),
-            "com.microsoft:cancel-scheduled-message" => {
-                self.cancel_scheduled(body, Box::new(reply))
-            }
+            "com.microsoft:update-disposition" => self.update_disposition(body, reply),
+            "com.microsoft:schedule-message" => self.schedule(body, reply),
+            "com.microsoft:cancel-scheduled-message" => self.cancel_scheduled(body, reply),
             "com.microsoft:get-message-sessions" => reply(Ok(None)),
             other => reply(Err(Failure(
                 501,
@@ -84,6 +76,19 @@ impl Node for Management {
 }
 
 type Reply = Box<dyn FnOnce(Result<Option<Value>, Failure>) + Send>;
+
+/// Answers a request: 200 with a body, 204 without, or the failure's status and condition.
+fn replier(id: Option<MessageId>, respond: Respond) -> Reply {
+    Box::new(move |r| {
+        respond(match r {
+            Ok(Some(body)) => response(id, status(200, "OK".into(), None), body),
+            Ok(None) => response(id, status(204, "No Content".into(), None), Value::Null),
+            Err(Failure(code, cond, text)) => {
+                response(id, status(code, text, Some(cond)), Value::Null)
+            }
+        })
+    })
+}
 
 fn status(code: i32, text: String, condition: Option<&str>) -> Vec<(&'static str, SimpleValue)> {
     let mut v = vec![
@@ -302,45 +307,94 @@ impl Management {
     }
 
     fn schedule(&self, body: &Value, reply: Reply) {
-        let mut items = Vec::new();
-        for m in items_of(body) {
-            let Some(Value::Binary(b)) = field(m, "message") else {
-                return reply(Err(Failure::bad(
-                    "each scheduled message needs a binary 'message'",
-                )));
-            };
-            let payload = Bytes::copy_from_slice(b);
-            let bad = || Failure::bad("a scheduled message does not decode");
-            let Ok(sections) = Sections::scan(&payload) else {
-                return reply(Err(bad()));
-            };
-            let (payload, sections) = match crate::message_id::assign(&payload, &sections) {
-                Ok(Some(assigned)) => assigned,
-                Ok(None) => (payload, sections),
-                Err(_) => return reply(Err(bad())),
-            };
-            let at = sections
-                .annotation(&payload, SCHEDULED_ENQUEUE_TIME)
-                .and_then(decode_millis);
-            let ttl = sections
-                .header(&payload)
-                .ok()
-                .flatten()
-                .and_then(|h| h.ttl)
-                .filter(|t| *t > 0);
-            items.push(ferrobus_store::NewMessage {
-                payload,
-                scheduled_ms: at,
-                ttl_ms: ttl.map(u64::from),
-                message_id: None,
-            });
+        match scheduled_items(body) {
+            Ok(items) => schedule_into(&Dest::Queue(self.queue.clone()), items, reply),
+            Err(f) => reply(Err(f)),
         }
-        if items.is_empty() {
-            return reply(Err(Failure::bad("messages must list at least one message")));
+    }
+
+    fn cancel_scheduled(&self, body: &Value, reply: Reply) {
+        cancel_in(&Dest::Queue(self.queue.clone()), body, reply)
+    }
+}
+
+/// A topic's management node (`<topic>/$management`): scheduling and cancelling; a topic has
+/// no messages of its own to peek or lock.
+pub struct TopicManagement {
+    pub name: String,
+    pub topic: Arc<Topic>,
+}
+
+impl Node for TopicManagement {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn handle(&self, req: Request, respond: Respond) {
+        let reply = replier(req.message_id.clone(), respond);
+        let dest = Dest::Topic(self.topic.clone());
+        match req.text("operation").unwrap_or("") {
+            "com.microsoft:schedule-message" => match scheduled_items(&req.body) {
+                Ok(items) => schedule_into(&dest, items, reply),
+                Err(f) => reply(Err(f)),
+            },
+            "com.microsoft:cancel-scheduled-message" => cancel_in(&dest, &req.body, reply),
+            other => reply(Err(Failure(
+                501,
+                "amqp:not-implemented",
+                format!("management operation '{other}' is not supported on a topic (use one of its subscriptions)"),
+            ))),
         }
-        self.queue.enqueue_at(
-            items,
-            Box::new(move |r| match r {
+    }
+}
+
+/// The messages of a schedule-message request, each with its message-id assigned.
+fn scheduled_items(body: &Value) -> Result<Vec<ferrobus_store::NewMessage>, Failure> {
+    let mut items = Vec::new();
+    for m in items_of(body) {
+        let Some(Value::Binary(b)) = field(m, "message") else {
+            return Err(Failure::bad(
+                "each scheduled message needs a binary 'message'",
+            ));
+        };
+        let payload = Bytes::copy_from_slice(b);
+        let bad = || Failure::bad("a scheduled message does not decode");
+        let Ok(sections) = Sections::scan(&payload) else {
+            return Err(bad());
+        };
+        let (payload, sections) = match crate::message_id::assign(&payload, &sections) {
+            Ok(Some(assigned)) => assigned,
+            Ok(None) => (payload, sections),
+            Err(_) => return Err(bad()),
+        };
+        let at = sections
+            .annotation(&payload, SCHEDULED_ENQUEUE_TIME)
+            .and_then(decode_millis);
+        let ttl = sections
+            .header(&payload)
+            .ok()
+            .flatten()
+            .and_then(|h| h.ttl)
+            .filter(|t| *t > 0);
+        items.push(ferrobus_store::NewMessage {
+            payload,
+            scheduled_ms: at,
+            ttl_ms: ttl.map(u64::from),
+            message_id: None,
+        });
+    }
+    if items.is_empty() {
+        return Err(Failure::bad("messages must list at least one message"));
+    }
+    Ok(items)
+}
+
+/// Stores scheduled messages and answers with their sequence numbers.
+fn schedule_into(dest: &Dest, items: Vec<ferrobus_store::NewMessage>, reply: Reply) {
+    dest.enqueue_each(
+        vec![items],
+        Box::new(
+            move |r| match r.and_then(|mut each| each.pop().expect("one group")) {
                 Ok(seqs) => {
                     let seqs = seqs.into_iter().map(|s| Value::Long(s as i64)).collect();
                     reply(Ok(Some(map(vec![(
@@ -349,23 +403,24 @@ impl Management {
                     )]))))
                 }
                 Err(e) => reply(Err(from_store(e))),
-            }),
-        );
-    }
+            },
+        ),
+    );
+}
 
-    fn cancel_scheduled(&self, body: &Value, reply: Reply) {
-        let seqs = match sequence_numbers(body) {
-            Ok(s) => s,
-            Err(f) => return reply(Err(f)),
-        };
-        self.queue.cancel_scheduled(
-            &seqs,
-            Box::new(move |r| match r {
-                Ok(()) => reply(Ok(Some(map(vec![])))),
-                Err(e) => reply(Err(from_store(e))),
-            }),
-        );
-    }
+/// Cancels the scheduled messages a request names.
+fn cancel_in(dest: &Dest, body: &Value, reply: Reply) {
+    let seqs = match sequence_numbers(body) {
+        Ok(s) => s,
+        Err(f) => return reply(Err(f)),
+    };
+    dest.cancel_scheduled(
+        &seqs,
+        Box::new(move |r| match r {
+            Ok(()) => reply(Ok(Some(map(vec![])))),
+            Err(e) => reply(Err(from_store(e))),
+        }),
+    );
 }
 
 fn items_of(body: &Value) -> Vec<&Value> {

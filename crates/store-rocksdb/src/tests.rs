@@ -31,6 +31,10 @@ mod suite {
     ferrobus_store::store_suite!(super::fresh());
 }
 
+mod topics {
+    ferrobus_store::topic_suite!(super::fresh());
+}
+
 fn write(s: &dyn Storage, b: Batch) -> Result<(), StoreError> {
     ferrobus_store::testing::write_and_wait(s, b)
 }

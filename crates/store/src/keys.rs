@@ -9,6 +9,10 @@
 //! | meta | `N` + entity id | last sequence number assigned (u64, `Max` op) |
 //! | body | owner id (u64) + seq (u64) | [`BodyRecord`] |
 //! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
+//!
+//! A topic's message has one body, at the topic's id and the topic's sequence number, and one
+//! reference per subscription copy; each reference names that body
+//! ([`RefRecord::shared_body`]) and carries the subscription's own sequence number in its key.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -139,6 +143,10 @@ pub struct RefRecord {
     pub scheduled_ms: Option<i64>,
     /// When the message expires (ms since the epoch), if it has a time to live.
     pub expires_ms: Option<i64>,
+    /// Where the body lives when it is shared with other references (a topic's message:
+    /// owner id and sequence number of its body); `None`: the body is the entity's own,
+    /// at the reference's entity id and sequence number.
+    pub shared_body: Option<(u64, u64)>,
 }
 
 impl RefRecord {
@@ -158,11 +166,16 @@ impl RefRecord {
                 }
             }
         }
-        let flags =
-            u8::from(self.scheduled_ms.is_some()) | u8::from(self.expires_ms.is_some()) << 1;
+        let flags = u8::from(self.scheduled_ms.is_some())
+            | u8::from(self.expires_ms.is_some()) << 1
+            | u8::from(self.shared_body.is_some()) << 2;
         b.put_u8(flags);
         for v in [self.scheduled_ms, self.expires_ms].into_iter().flatten() {
             b.put_i64(v);
+        }
+        if let Some((owner, seq)) = self.shared_body {
+            b.put_u64(owner);
+            b.put_u64(seq);
         }
         b.freeze()
     }
@@ -203,7 +216,11 @@ impl RefRecord {
         };
         let scheduled_ms = next(flags & 1 != 0)?;
         let expires_ms = next(flags & 2 != 0)?;
-        if pos != v.len() {
+        let shared_body = match (next(flags & 4 != 0)?, next(flags & 4 != 0)?) {
+            (Some(owner), Some(seq)) => Some((owner as u64, seq as u64)),
+            _ => None,
+        };
+        if flags & !7 != 0 || pos != v.len() {
             return Err(bad());
         }
         Ok(RefRecord {
@@ -213,6 +230,7 @@ impl RefRecord {
             dead_letter_description,
             scheduled_ms,
             expires_ms,
+            shared_body,
         })
     }
 }
@@ -267,8 +285,17 @@ mod tests {
             dead_letter_description: None,
             scheduled_ms: Some(1_800_000_000_000),
             expires_ms: Some(1_900_000_000_000),
+            shared_body: Some((7, u64::MAX)),
         };
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
+        let shared_only = RefRecord {
+            shared_body: Some((3, 4)),
+            ..RefRecord::default()
+        };
+        assert_eq!(
+            RefRecord::decode(&shared_only.encode()).unwrap(),
+            shared_only
+        );
         let plain = RefRecord::default();
         assert_eq!(RefRecord::decode(&plain.encode()).unwrap(), plain);
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);

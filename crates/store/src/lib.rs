@@ -15,18 +15,21 @@
 //!   or from under the entity's own lock only to hand over a delivery; they must never call back
 //!   into the same entity synchronously.
 
+pub mod bodies;
 pub mod keys;
 pub mod queue;
 pub mod registry;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod topic;
 
 pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
     QueueConfig, QueueStats, ReceiveMode,
 };
 pub use registry::{Entities, ResolveError, Resolved};
+pub use topic::{MessageView, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec};
 
 use bytes::Bytes;
 
@@ -87,6 +90,9 @@ pub enum StoreError {
     /// A stored record is corrupt.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A declaration the store cannot take (at start-up).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Called once when a write has been committed (or has failed).

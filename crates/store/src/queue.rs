@@ -6,7 +6,8 @@
 //! credit; the queue hands deliveries to its [`ConsumerSink`] while it has credit.
 
 mod complete;
-mod history;
+pub(crate) mod copy;
+pub(crate) mod history;
 mod lane;
 mod manage;
 mod schedule;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::bodies::SharedBodies;
 use crate::keys::{self, BodyRecord, RefRecord};
 use crate::storage::{decode_max, Batch, Cf, Storage};
 use crate::{now_ms, Completion, LockToken, Message, NewMessage, StoreError};
@@ -168,6 +170,8 @@ pub struct QueueStats {
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     msg: Arc<Message>,
+    /// Where its body is when other references share it (see [`RefRecord::shared_body`]).
+    shared: Option<(u64, u64)>,
     delivery_count: u32,
     dead_letter_reason: Option<String>,
     dead_letter_description: Option<String>,
@@ -182,6 +186,7 @@ impl Entry {
             dead_letter_description: self.dead_letter_description.clone(),
             scheduled_ms: None,
             expires_ms: self.msg.expires_ms,
+            shared_body: self.shared,
         }
     }
 }
@@ -229,6 +234,9 @@ pub struct Queue {
     tokens: LockTokens,
     /// Messages expired since start (for metrics).
     expired: AtomicU64,
+    /// The counts of the bodies this queue shares with others (a subscription's, with its
+    /// topic's other subscriptions); `None` for a queue, whose bodies are its own.
+    bodies: Option<Arc<SharedBodies>>,
 }
 
 impl Queue {
@@ -238,6 +246,18 @@ impl Queue {
         id: u64,
         config: QueueConfig,
         storage: Arc<dyn Storage>,
+    ) -> Result<Arc<Queue>, StoreError> {
+        Self::open_with_bodies(name, id, config, storage, None)
+    }
+
+    /// [`Queue::open`] for an entity whose references may name shared bodies (a topic's
+    /// subscription): each one found is counted in `bodies`.
+    pub(crate) fn open_with_bodies(
+        name: &str,
+        id: u64,
+        config: QueueConfig,
+        storage: Arc<dyn Storage>,
+        bodies: Option<Arc<SharedBodies>>,
     ) -> Result<Arc<Queue>, StoreError> {
         let mut st = State {
             next_seq: 1,
@@ -265,6 +285,16 @@ impl Queue {
             let (_, lane, seq) = keys::parse_ref_key(k)?;
             let r = RefRecord::decode(v)?;
             st.bytes += r.size as u64;
+            if let Some(at) = r.shared_body {
+                match &bodies {
+                    Some(b) => b.retain(at, 1),
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "queue '{name}' holds a reference to a shared body"
+                        )))
+                    }
+                }
+            }
             st.next_seq = st.next_seq.max(seq + 1);
             match lane {
                 LANE_ACTIVE => {
@@ -293,23 +323,13 @@ impl Queue {
         }
         // the duplicate-detection history: ids still in their window come back, older go
         let mut stale = Batch::default();
-        if config.duplicate_detection_ms > 0 {
-            let now = now_ms();
-            let mut ids = Vec::new();
-            storage.for_each(Cf::Dedup, &lo, &hi, &mut |k, v| {
-                let at = <[u8; 8]>::try_from(v).map(i64::from_be_bytes).unwrap_or(0);
-                if now - at < config.duplicate_detection_ms as i64 {
-                    ids.push((at, k[8..].to_vec()));
-                } else {
-                    stale.delete(Cf::Dedup, k.to_vec());
-                }
-                Ok(())
-            })?;
-            ids.sort();
-            for (at, id) in ids {
-                st.dedup.record(id, at);
-            }
-        }
+        st.dedup = history::History::load(
+            storage.as_ref(),
+            id,
+            config.duplicate_detection_ms,
+            now_ms(),
+            &mut stale,
+        )?;
         if !stale.is_empty() {
             storage.write(stale, Box::new(|_| {}));
         }
@@ -321,6 +341,7 @@ impl Queue {
             state: Mutex::new(st),
             tokens: LockTokens::new(id),
             expired: AtomicU64::new(0),
+            bodies,
         }))
     }
 
@@ -332,6 +353,23 @@ impl Queue {
     /// The queue's settings.
     pub fn config(&self) -> &QueueConfig {
         &self.config
+    }
+
+    /// Hands a batch to the storage, resolving its shared-body releases first.
+    fn write(&self, batch: Batch, done: Completion<()>) {
+        match &self.bodies {
+            Some(b) => b.write(self.storage.as_ref(), batch, done),
+            None => self.storage.write(batch, done),
+        }
+    }
+
+    /// Records in `batch` that `entry`'s body goes with it: deleted if it is the queue's own,
+    /// released if it is shared.
+    fn drop_body(&self, batch: &mut Batch, entry: &Entry) {
+        match entry.shared {
+            None => batch.delete(Cf::Body, keys::body_key(self.id, entry.msg.seq)),
+            Some(at) => batch.releases.push(at),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -401,7 +439,7 @@ impl Queue {
             return done(Ok(each));
         }
         let me = self.clone();
-        self.storage.write(
+        self.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
@@ -438,31 +476,13 @@ impl Queue {
     ) -> u64 {
         let mut size = 0;
         for m in items {
-            if self.config.duplicate_detection_ms > 0 {
-                if let Some(id) = &m.message_id {
-                    if st.dedup.seen(id, now, self.config.duplicate_detection_ms) {
-                        continue;
-                    }
-                    st.dedup.record(id.clone(), now);
-                    batch.put(
-                        Cf::Dedup,
-                        keys::dedup_key(self.id, id),
-                        Bytes::copy_from_slice(&now.to_be_bytes()),
-                    );
+            let window = self.config.duplicate_detection_ms;
+            if let (Some(id), true) = (&m.message_id, window > 0) {
+                if !st.dedup.admit(self.id, id, now, window, batch) {
+                    continue;
                 }
             }
-            let at = m.scheduled_ms.filter(|at| *at > now);
-            let ttl = match (m.ttl_ms, self.config.default_ttl_ms) {
-                (Some(t), 0) => Some(t),
-                (Some(t), d) => Some(t.min(d)),
-                (None, 0) => None,
-                (None, d) => Some(d),
-            };
-            // a scheduled message lives from its scheduled time
-            let expires = ttl.map(|t| {
-                at.unwrap_or(now)
-                    .saturating_add(t.min(i64::MAX as u64) as i64)
-            });
+            let (at, expires) = timing(&m, self.config.default_ttl_ms, now);
             let seq = st.next_seq;
             st.next_seq += 1;
             size += m.payload.len() as u64;
@@ -485,6 +505,7 @@ impl Queue {
             };
             batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
             let e = Entry {
+                shared: None,
                 msg: Arc::new(Message {
                     seq,
                     enqueued_ms: now,
@@ -511,7 +532,7 @@ impl Queue {
         }
     }
 
-    fn make_available(&self, lane: Lane, entries: Vec<Entry>, fresh: bool) {
+    pub(crate) fn make_available(&self, lane: Lane, entries: Vec<Entry>, fresh: bool) {
         let mut pending = Batch::default();
         {
             let mut st = self.lock();
@@ -633,7 +654,7 @@ impl Queue {
                 }
                 ReceiveMode::ReceiveAndDelete => {
                     *bytes -= entry.msg.payload.len() as u64;
-                    pending.delete(Cf::Body, keys::body_key(self.id, seq));
+                    self.drop_body(pending, &entry);
                     pending.delete(Cf::Ref, keys::ref_key(self.id, lane.key_byte(), seq));
                 }
             }
@@ -653,7 +674,7 @@ impl Queue {
         if !batch.is_empty() {
             // if it fails, a removed message may reappear or a delivery go uncounted after a
             // crash; nothing is lost
-            self.storage.write(batch, Box::new(|_| {}));
+            self.write(batch, Box::new(|_| {}));
         }
     }
 
@@ -763,6 +784,24 @@ impl Drop for ConsumerHandle {
     }
 }
 
+/// When a new message becomes available (if it is scheduled for later) and when it expires:
+/// its time to live, capped by the entity's default (which also applies when it sets none),
+/// counted from its scheduled time if it has one.
+pub(crate) fn timing(m: &NewMessage, default_ttl_ms: u64, now: i64) -> (Option<i64>, Option<i64>) {
+    let at = m.scheduled_ms.filter(|at| *at > now);
+    let ttl = match (m.ttl_ms, default_ttl_ms) {
+        (Some(t), 0) => Some(t),
+        (Some(t), d) => Some(t.min(d)),
+        (None, 0) => None,
+        (None, d) => Some(d),
+    };
+    let expires = ttl.map(|t| {
+        at.unwrap_or(now)
+            .saturating_add(t.min(i64::MAX as u64) as i64)
+    });
+    (at, expires)
+}
+
 /// Reads the messages `seqs` of lane `lane` (reference and body) back from storage.
 fn load_entries(
     storage: &dyn Storage,
@@ -780,27 +819,34 @@ fn load_entries(
             .map(|s| keys::ref_key(id, lane, *s))
             .collect::<Vec<_>>(),
     )?;
+    let missing =
+        |seq: &u64| StoreError::Corrupt(format!("message {seq} of entity {id} is missing"));
+    let refs = seqs
+        .iter()
+        .zip(refs)
+        .map(|(seq, r)| RefRecord::decode(&r.ok_or_else(|| missing(seq))?))
+        .collect::<Result<Vec<_>, _>>()?;
     let bodies = storage.get_many(
         Cf::Body,
         &seqs
             .iter()
-            .map(|s| keys::body_key(id, *s))
+            .zip(&refs)
+            .map(|(s, r)| {
+                let (owner, seq) = r.shared_body.unwrap_or((id, *s));
+                keys::body_key(owner, seq)
+            })
             .collect::<Vec<_>>(),
     )?;
     let mut out = Vec::with_capacity(seqs.len());
     for ((seq, r), b) in seqs.iter().zip(refs).zip(bodies) {
-        let (Some(r), Some(b)) = (r, b) else {
-            return Err(StoreError::Corrupt(format!(
-                "message {seq} of entity {id} is missing"
-            )));
-        };
-        let r = RefRecord::decode(&r)?;
-        let b = BodyRecord::decode(&b)?;
+        let b = BodyRecord::decode(&b.ok_or_else(|| missing(seq))?)?;
         out.push(Entry {
+            shared: r.shared_body,
             msg: Arc::new(Message {
                 seq: *seq,
                 enqueued_ms: b.enqueued_ms,
-                expires_ms: (b.expires_ms != 0).then_some(b.expires_ms),
+                // a subscription's copy may expire before its topic's body says
+                expires_ms: r.expires_ms.or((b.expires_ms != 0).then_some(b.expires_ms)),
                 payload: b.payload,
             }),
             delivery_count: r.delivery_count,

@@ -8,10 +8,14 @@ use bytes::Bytes;
 use crate::keys;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
+use crate::topic::{MessageView, Topic, TopicSpec};
 use crate::StoreError;
 
 /// The suffix that names a queue's dead-letter sub-queue (matched case-insensitively).
 pub const DEAD_LETTER_SUFFIX: &str = "/$deadletterqueue";
+
+/// What joins a topic's name and a subscription's in the subscription's address.
+pub const SUBSCRIPTIONS: &str = "/Subscriptions/";
 
 /// What an address leads to.
 #[derive(Clone)]
@@ -32,7 +36,9 @@ pub enum ResolveError {
 
 /// Every entity of the broker. Built once at start-up; entity names are case-insensitive.
 pub struct Entities {
+    /// Queues and subscriptions (`<topic>/subscriptions/<name>`), by lower-case path.
     queues: HashMap<String, Arc<Queue>>,
+    topics: HashMap<String, Arc<Topic>>,
 }
 
 impl Entities {
@@ -41,6 +47,17 @@ impl Entities {
     pub fn open(
         storage: Arc<dyn Storage>,
         queues: &[(String, QueueConfig)],
+    ) -> Result<Self, StoreError> {
+        Self::open_all(storage, queues, &[], no_view())
+    }
+
+    /// Opens the configured queues and topics (with their subscriptions) over `storage`, as
+    /// [`Entities::open`] does; `view` shows the topics' filters a message's properties.
+    pub fn open_all(
+        storage: Arc<dyn Storage>,
+        queues: &[(String, QueueConfig)],
+        topics: &[TopicSpec],
+        view: MessageView,
     ) -> Result<Self, StoreError> {
         let (lo, hi) = keys::entity_range();
         let mut ids: HashMap<String, u64> = HashMap::new();
@@ -57,32 +74,58 @@ impl Entities {
             ids.insert(name, id);
         }
         let mut batch = Batch::default();
-        let mut map = HashMap::new();
-        for (name, config) in queues {
+        let mut id_of = |key: &str, batch: &mut Batch| match ids.get(key) {
+            Some(id) => *id,
+            None => {
+                max_id += 1;
+                batch.put(
+                    Cf::Meta,
+                    keys::entity_key(key),
+                    Bytes::copy_from_slice(&max_id.to_be_bytes()),
+                );
+                ids.insert(key.to_string(), max_id);
+                max_id
+            }
+        };
+        let mut taken = std::collections::HashSet::new();
+        let mut claim = |name: &str| -> Result<String, StoreError> {
             let key = name.to_ascii_lowercase();
-            if map.contains_key(&key) {
-                return Err(StoreError::Corrupt(format!(
-                    "queue '{name}' is declared twice"
+            if !taken.insert(key.clone()) {
+                return Err(StoreError::Invalid(format!(
+                    "entity '{name}' is declared twice"
                 )));
             }
-            let id = match ids.get(&key) {
-                Some(id) => *id,
-                None => {
-                    max_id += 1;
-                    batch.put(
-                        Cf::Meta,
-                        keys::entity_key(&key),
-                        Bytes::copy_from_slice(&max_id.to_be_bytes()),
-                    );
-                    max_id
-                }
-            };
+            Ok(key)
+        };
+        let mut map = HashMap::new();
+        for (name, config) in queues {
+            let key = claim(name)?;
+            let id = id_of(&key, &mut batch);
             map.insert(key, Queue::open(name, id, config.clone(), storage.clone())?);
+        }
+        let mut topic_map = HashMap::new();
+        for spec in topics {
+            let key = claim(&spec.name)?;
+            let id = id_of(&key, &mut batch);
+            let mut subs = Vec::new();
+            for (sub, config) in &spec.subscriptions {
+                let path = format!("{}{SUBSCRIPTIONS}{sub}", spec.name);
+                let sub_key = claim(&path)?;
+                subs.push((path, id_of(&sub_key, &mut batch), config.clone()));
+            }
+            let topic = Topic::open(spec, id, subs, storage.clone(), view.clone())?;
+            for s in topic.subscriptions() {
+                map.insert(s.path.to_ascii_lowercase(), s.queue.clone());
+            }
+            topic_map.insert(key, topic);
         }
         if !batch.is_empty() {
             crate::queue::write_and_wait(storage.as_ref(), batch)?;
         }
-        Ok(Entities { queues: map })
+        Ok(Entities {
+            queues: map,
+            topics: topic_map,
+        })
     }
 
     /// Resolves a link address: `<queue>`, `<queue>/$DeadLetterQueue`, or either behind an
@@ -103,10 +146,36 @@ impl Entities {
             .ok_or_else(|| ResolveError::NotFound(path.to_string()))
     }
 
-    /// Every queue.
+    /// The topic an address names (`<topic>`, with or without an `amqp[s]://host/` prefix).
+    pub fn topic(&self, address: &str) -> Option<&Arc<Topic>> {
+        let path = strip_authority(address);
+        self.topics
+            .get(&path.trim_matches('/').to_ascii_lowercase())
+    }
+
+    /// Every queue and subscription.
     pub fn queues(&self) -> impl Iterator<Item = &Arc<Queue>> {
         self.queues.values()
     }
+
+    /// Every topic.
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.topics.values()
+    }
+}
+
+/// A view for stores without topics: no properties.
+fn no_view() -> MessageView {
+    struct Nothing;
+    impl ferrobus_filter::Message for Nothing {
+        fn system(&self, _: ferrobus_filter::SystemProperty) -> Option<ferrobus_filter::Value> {
+            None
+        }
+        fn user(&self, _: &str) -> Option<ferrobus_filter::Value> {
+            None
+        }
+    }
+    Arc::new(|_| Box::new(Nothing))
 }
 
 /// Strips `scheme://authority` from an absolute address; relative ones pass through.

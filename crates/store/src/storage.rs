@@ -76,6 +76,10 @@ pub struct Batch {
     /// only an operating-system crash in between can lose it, and losing it never loses a
     /// message (at worst one is delivered again).
     pub lazy: bool,
+    /// Shared bodies (owner id, sequence number) this batch gives up a reference to. The
+    /// entity resolves them before the batch reaches the storage ([`crate::bodies`]): the
+    /// last reference's batch also deletes the body. A storage never sees one.
+    pub releases: Vec<(u64, u64)>,
 }
 
 impl Batch {
@@ -93,7 +97,7 @@ impl Batch {
     }
     /// True when the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.releases.is_empty()
     }
 }
 

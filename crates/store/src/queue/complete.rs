@@ -41,7 +41,7 @@ impl Queue {
                 }
                 let Locked { entry, lane, .. } = l;
                 let seq = entry.msg.seq;
-                batch.delete(Cf::Body, keys::body_key(self.id, seq));
+                self.drop_body(&mut batch, &entry);
                 batch.delete(Cf::Ref, keys::ref_key(self.id, lane.key_byte(), seq));
                 st.bytes -= entry.msg.payload.len() as u64;
                 taken.push((lane, entry));
@@ -54,7 +54,7 @@ impl Queue {
             return done(Ok(completed));
         }
         let me = self.clone();
-        self.storage.write(
+        self.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => done(Ok(completed)),

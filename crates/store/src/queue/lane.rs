@@ -131,6 +131,7 @@ mod tests {
 
     fn entry(seq: u64) -> Entry {
         Entry {
+            shared: None,
             msg: Arc::new(Message {
                 seq,
                 enqueued_ms: 0,

@@ -175,7 +175,7 @@ impl Queue {
                     );
                 } else {
                     st.bytes -= entry.msg.payload.len() as u64;
-                    batch.delete(Cf::Body, keys::body_key(self.id, *seq));
+                    self.drop_body(&mut batch, &entry);
                     batch.delete(Cf::Ref, ref_key);
                 }
                 out.push(d);
@@ -199,7 +199,7 @@ impl Queue {
         let mut to_dead = None;
         match outcome {
             Outcome::Complete => {
-                batch.delete(Cf::Body, keys::body_key(self.id, seq));
+                self.drop_body(&mut batch, &entry);
                 batch.delete(Cf::Ref, deferred_ref);
                 self.lock().bytes -= entry.msg.payload.len() as u64;
             }
@@ -226,7 +226,7 @@ impl Queue {
             }
         }
         let me = self.clone();
-        self.storage.write(
+        self.write(
             batch,
             Box::new(move |r| {
                 if let (Ok(()), Some(e)) = (&r, to_dead) {

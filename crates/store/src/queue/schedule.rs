@@ -7,7 +7,7 @@ use crate::keys::{self, RefRecord};
 
 impl Queue {
     /// Holds committed messages until their time.
-    pub(super) fn add_scheduled(&self, items: Vec<(Entry, Option<i64>)>) {
+    pub(crate) fn add_scheduled(&self, items: Vec<(Entry, Option<i64>)>) {
         if items.is_empty() {
             return;
         }
@@ -52,7 +52,7 @@ impl Queue {
         let me = self.clone();
         // on a write failure the messages still become available (nothing is lost); after a
         // restart they would be scheduled again, already due
-        self.storage.write(
+        self.write(
             batch,
             Box::new(move |_| me.make_available(Lane::Main, ready, true)),
         );
@@ -75,11 +75,11 @@ impl Queue {
                 if let Some((e, at)) = st.scheduled.remove(seq) {
                     st.due.remove(&(at, *seq));
                     st.bytes -= e.msg.payload.len() as u64;
-                    batch.delete(Cf::Body, keys::body_key(self.id, *seq));
+                    self.drop_body(&mut batch, &e);
                     batch.delete(Cf::Ref, keys::ref_key(self.id, LANE_SCHEDULED, *seq));
                 }
             }
         }
-        self.storage.write(batch, done);
+        self.write(batch, done);
     }
 }

@@ -56,7 +56,7 @@ impl Queue {
         };
         let back = match outcome {
             Outcome::Complete => {
-                batch.delete(Cf::Body, keys::body_key(self.id, seq));
+                self.drop_body(&mut batch, &entry);
                 batch.delete(Cf::Ref, ref_key(lane.key_byte()));
                 self.lock().bytes -= entry.msg.payload.len() as u64;
                 None
@@ -97,7 +97,7 @@ impl Queue {
             }
         };
         let me = self.clone();
-        self.storage.write(
+        self.write(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {

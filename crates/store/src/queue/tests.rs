@@ -3,3 +3,7 @@
 mod memory {
     crate::store_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
 }
+
+mod topics_in_memory {
+    crate::topic_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
+}

@@ -33,7 +33,7 @@ impl Queue {
             dead.push(entry, false);
         } else {
             *bytes -= entry.msg.payload.len() as u64;
-            pending.delete(Cf::Body, keys::body_key(self.id, seq));
+            self.drop_body(pending, &entry);
             pending.delete(Cf::Ref, active);
         }
     }

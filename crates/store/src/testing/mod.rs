@@ -8,6 +8,8 @@ use bytes::Bytes;
 use crate::queue::{ConsumerHandle, ConsumerSink, Delivery, Outcome, Queue};
 use crate::StoreError;
 
+pub mod topics;
+
 #[derive(Default)]
 pub struct Recorder {
     pub deliveries: Mutex<Vec<Delivery>>,

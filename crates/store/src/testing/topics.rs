@@ -1,0 +1,344 @@
+//! The topic test suite: fan-out stored once, rules, shared bodies across restarts. Run for
+//! every storage by [`topic_suite!`](crate::topic_suite).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrobus_filter::{Filter, Parameters, PropertyBag, Rule};
+
+use crate::keys;
+use crate::storage::{Cf, Storage};
+use crate::topic::{MessageView, SubscriptionConfig, TopicConfig, TopicSpec};
+use crate::{Entities, NewMessage, StoreError};
+
+/// Test messages are `key=value;key=value` text; the view shows them as user properties.
+pub fn text_view() -> MessageView {
+    Arc::new(|payload: &Bytes| {
+        let mut bag = PropertyBag::new();
+        for pair in String::from_utf8_lossy(payload).split(';') {
+            if let Some((k, v)) = pair.split_once('=') {
+                bag.set_user(k, v.into());
+            }
+        }
+        Box::new(bag)
+    })
+}
+
+/// A subscription whose one rule has this SQL filter.
+pub fn sql_sub(name: &str, sql: &str) -> (String, SubscriptionConfig) {
+    let rule = Rule {
+        name: "r".into(),
+        filter: Filter::sql(sql, &Parameters::default()).expect("valid SQL"),
+        action: None,
+    };
+    (
+        name.to_string(),
+        SubscriptionConfig {
+            rules: vec![rule],
+            ..SubscriptionConfig::default()
+        },
+    )
+}
+
+/// Topic `t` with subscriptions `all` (default rule), `red` (`color = 'red'`) and `none`
+/// (false filter), over `storage`.
+pub fn open_topic(storage: &Arc<dyn Storage>, config: TopicConfig) -> Entities {
+    let spec = TopicSpec {
+        name: "t".into(),
+        config,
+        subscriptions: vec![
+            ("all".to_string(), SubscriptionConfig::default()),
+            sql_sub("red", "color = 'red'"),
+            sql_sub("none", "1=0"),
+        ],
+    };
+    open_spec(storage, spec)
+}
+
+/// Opens one topic as declared.
+pub fn open_spec(storage: &Arc<dyn Storage>, spec: TopicSpec) -> Entities {
+    Entities::open_all(storage.clone(), &[], &[spec], text_view()).expect("open")
+}
+
+/// Publishes each message in its own group; returns each group's outcome.
+pub fn publish(e: &Entities, items: Vec<NewMessage>) -> Vec<Result<Vec<u64>, StoreError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    e.topic("t").expect("topic t").enqueue_each(
+        items.into_iter().map(|m| vec![m]).collect(),
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    rx.recv().unwrap().expect("the write succeeds")
+}
+
+/// A message of this text.
+pub fn text(p: &str) -> NewMessage {
+    NewMessage::new(Bytes::copy_from_slice(p.as_bytes()))
+}
+
+/// Publishes plain messages; returns their topic sequence numbers.
+pub fn publish_text(e: &Entities, payloads: &[&str]) -> Vec<u64> {
+    publish(e, payloads.iter().map(|p| text(p)).collect())
+        .into_iter()
+        .flat_map(|r| r.expect("accepted"))
+        .collect()
+}
+
+/// Whether the topic's body with this sequence number is stored.
+pub fn body_stored(storage: &dyn Storage, topic_id: u64, seq: u64) -> bool {
+    storage
+        .get_many(Cf::Body, &[keys::body_key(topic_id, seq)])
+        .expect("read")[0]
+        .is_some()
+}
+
+/// Cancels scheduled messages of topic `t` and waits for the outcome.
+pub fn cancel(e: &Entities, seqs: &[u64]) -> Result<(), StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    e.topic("t")
+        .expect("topic t")
+        .cancel_scheduled(seqs, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+/// Instantiates the topic suite; `$storage` makes a fresh `Arc<dyn Storage>`.
+#[macro_export]
+macro_rules! topic_suite {
+    ($storage:expr) => {
+        use std::sync::Arc;
+        use $crate::queue::*;
+        use $crate::storage::Storage;
+        use $crate::testing::topics::*;
+        use $crate::testing::{barrier, sync_settle, Recorder};
+        use $crate::{NewMessage, StoreError, TopicConfig, TopicSpec};
+
+        type Taken = (ConsumerHandle, Arc<Recorder>, Vec<(u64, String)>);
+
+        /// What a new peek-lock consumer of `path` gets: (sequence number, payload).
+        fn take(e: &$crate::Entities, path: &str, credit: u32) -> Taken {
+            let q = e.resolve(path).expect("subscription");
+            let r = Arc::new(Recorder::default());
+            let c = q
+                .queue
+                .add_consumer(q.lane, ReceiveMode::PeekLock, r.clone());
+            c.flow(0, credit, false);
+            let got = r
+                .deliveries
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let p = String::from_utf8_lossy(&d.message.payload).into_owned();
+                    (d.message.seq, p)
+                })
+                .collect();
+            (c, r, got)
+        }
+
+        fn complete_all(c: &ConsumerHandle, r: &Recorder) {
+            for d in r.take() {
+                sync_settle(c, &d, Outcome::Complete).unwrap();
+            }
+        }
+
+        #[test]
+        fn each_subscription_gets_what_its_rules_select_with_its_own_sequence_numbers() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(&s, TopicConfig::default());
+            let seqs = publish_text(
+                &e,
+                &["color=red;n=1", "color=blue;n=2", "color=red;n=3", "n=4"],
+            );
+            assert_eq!(seqs, vec![1, 2, 3, 4]);
+            let (_a, _, all) = take(&e, "t/Subscriptions/all", 10);
+            let (_b, _, red) = take(&e, "T/subscriptions/RED", 10);
+            let (_c, _, none) = take(&e, "t/Subscriptions/none", 10);
+            let all_seqs: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+            assert_eq!(all_seqs, vec![1, 2, 3, 4]);
+            assert_eq!(
+                red,
+                vec![
+                    (1, "color=red;n=1".to_string()),
+                    (2, "color=red;n=3".to_string())
+                ]
+            );
+            assert!(none.is_empty());
+            // one body per message, whatever the number of copies
+            assert_eq!(e.topic("t").unwrap().stored_bodies(), 4);
+        }
+
+        #[test]
+        fn the_body_goes_with_its_last_reference_and_not_before() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(&s, TopicConfig::default());
+            publish_text(&e, &["color=red"]);
+            let topic_id = 1; // the first entity named
+            let (a, ra, _) = take(&e, "t/Subscriptions/all", 10);
+            complete_all(&a, &ra);
+            barrier(s.as_ref());
+            assert!(
+                body_stored(s.as_ref(), topic_id, 1),
+                "deleted while 'red' holds it"
+            );
+            let (b, rb, got) = take(&e, "t/Subscriptions/red", 10);
+            assert_eq!(got.len(), 1);
+            complete_all(&b, &rb);
+            barrier(s.as_ref());
+            assert!(
+                !body_stored(s.as_ref(), topic_id, 1),
+                "the last reference is gone"
+            );
+            assert_eq!(e.topic("t").unwrap().stored_bodies(), 0);
+        }
+
+        #[test]
+        fn shared_bodies_are_counted_again_after_a_restart() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(&s, TopicConfig::default());
+            publish_text(&e, &["color=red;n=1", "color=red;n=2"]);
+            let (a, ra, _) = take(&e, "t/Subscriptions/all", 1);
+            complete_all(&a, &ra);
+            let (_locked, _, _) = take(&e, "t/Subscriptions/all", 1);
+            barrier(s.as_ref());
+            // a crash: the old entities are abandoned, a new broker opens the same storage
+            let _crashed = (a, _locked, e);
+            let e2 = open_topic(&s, TopicConfig::default());
+            assert_eq!(e2.topic("t").unwrap().stored_bodies(), 2);
+            let (_held, _, all) = take(&e2, "t/Subscriptions/all", 10);
+            assert_eq!(all, vec![(2, "color=red;n=2".to_string())]);
+            let (b, rb, red) = take(&e2, "t/Subscriptions/red", 10);
+            assert_eq!(red.len(), 2);
+            complete_all(&b, &rb);
+            barrier(s.as_ref());
+            assert!(
+                !body_stored(s.as_ref(), 1, 1),
+                "message 1 has no reference left"
+            );
+            assert!(body_stored(s.as_ref(), 1, 2), "'all' still holds message 2");
+            // sequence numbers continue in the topic
+            assert_eq!(publish_text(&e2, &["color=red"]), vec![3]);
+        }
+
+        #[test]
+        fn a_message_no_subscription_selects_is_accepted_and_not_stored() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_spec(
+                &s,
+                TopicSpec {
+                    name: "t".into(),
+                    config: TopicConfig::default(),
+                    subscriptions: vec![sql_sub("red", "color = 'red'")],
+                },
+            );
+            assert_eq!(publish_text(&e, &["color=blue"]), vec![1]);
+            barrier(s.as_ref());
+            assert!(!body_stored(s.as_ref(), 1, 1));
+            assert_eq!(e.topic("t").unwrap().stored_bodies(), 0);
+        }
+
+        #[test]
+        fn scheduled_messages_are_cancelled_by_topic_sequence_number_everywhere() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(&s, TopicConfig::default());
+            let later = $crate::now_ms() + 3_600_000;
+            let mk = |p: &str| NewMessage {
+                scheduled_ms: Some(later),
+                ..text(p)
+            };
+            let out = publish(&e, vec![mk("color=red;n=1"), mk("color=red;n=2")]);
+            assert_eq!(out[0].as_ref().unwrap(), &vec![1]);
+            let all = e.resolve("t/Subscriptions/all").unwrap().queue;
+            let red = e.resolve("t/Subscriptions/red").unwrap().queue;
+            assert_eq!((all.stats().scheduled, red.stats().scheduled), (2, 2));
+            cancel(&e, &[1]).unwrap();
+            assert_eq!((all.stats().scheduled, red.stats().scheduled), (1, 1));
+            barrier(s.as_ref());
+            assert!(!body_stored(s.as_ref(), 1, 1));
+            // an unknown number cancels nothing
+            assert!(matches!(cancel(&e, &[2, 99]), Err(StoreError::NotFound(_))));
+            assert_eq!(all.stats().scheduled, 1);
+            // after a restart message 2 is still known by its topic sequence number
+            let _crashed = (all, red, e);
+            let e2 = open_topic(&s, TopicConfig::default());
+            cancel(&e2, &[2]).unwrap();
+            barrier(s.as_ref());
+            assert!(!body_stored(s.as_ref(), 1, 2));
+        }
+
+        #[test]
+        fn the_topic_drops_duplicates_within_its_window() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(
+                &s,
+                TopicConfig {
+                    duplicate_detection_ms: 60_000,
+                    ..TopicConfig::default()
+                },
+            );
+            let mk = |id: &[u8]| NewMessage {
+                message_id: Some(id.to_vec()),
+                ..text("color=red")
+            };
+            let out = publish(&e, vec![mk(b"a"), mk(b"a"), mk(b"b")]);
+            let seqs: Vec<Vec<u64>> = out.into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!(seqs, vec![vec![1], vec![], vec![2]]);
+            let (_c, _, red) = take(&e, "t/Subscriptions/red", 10);
+            assert_eq!(red.len(), 2);
+        }
+
+        #[test]
+        fn a_full_subscription_refuses_the_message_for_every_subscription() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_topic(
+                &s,
+                TopicConfig {
+                    max_size_bytes: 20,
+                    ..TopicConfig::default()
+                },
+            );
+            let out = publish(
+                &e,
+                vec![text("color=red;n=1"), text("color=red;n=2"), text("n=3")],
+            );
+            assert_eq!(out[0].as_ref().unwrap(), &vec![1]);
+            // neither 'all' nor 'red' has room for the second: it reaches neither
+            assert!(matches!(out[1], Err(StoreError::Full(_))), "{:?}", out[1]);
+            // the third, smaller, goes to 'all' only, which still has room for it
+            assert_eq!(out[2].as_ref().unwrap(), &vec![2]);
+            let (_c, _, red) = take(&e, "t/Subscriptions/red", 10);
+            assert_eq!(red, vec![(1, "color=red;n=1".to_string())]);
+            let (_d, _, all) = take(&e, "t/Subscriptions/all", 10);
+            assert_eq!(all.len(), 2);
+        }
+
+        #[test]
+        fn a_rule_that_cannot_be_evaluated_dead_letters_the_copy() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let e = open_spec(
+                &s,
+                TopicSpec {
+                    name: "t".into(),
+                    config: TopicConfig::default(),
+                    subscriptions: vec![sql_sub("math", "color * 2 = 4")],
+                },
+            );
+            publish_text(&e, &["color=red"]);
+            let (_c, r, got) = take(&e, "t/Subscriptions/math/$DeadLetterQueue", 10);
+            assert_eq!(got.len(), 1);
+            let d = r.take();
+            assert_eq!(
+                d[0].dead_letter_reason.as_deref(),
+                Some($crate::topic::FILTER_EVALUATION_FAILED)
+            );
+            let sub = e.resolve("t/Subscriptions/math").unwrap().queue;
+            assert_eq!(sub.stats().active, 0);
+        }
+    };
+}

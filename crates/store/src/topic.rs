@@ -1,0 +1,460 @@
+//! A topic: a message is published once and fanned out to the subscriptions whose rules
+//! select it.
+//!
+//! The body is written once, at the topic's id and the topic's sequence number; each copy is a
+//! reference in its subscription (a [`Queue`] with its own sequence numbers, lanes, locks,
+//! dead-letter sub-queue and time to live) that names the shared body. Body and references go
+//! in one batch, so after a crash a message is in every subscription it matched or in none;
+//! the body is deleted with its last reference ([`crate::bodies`]). A message no subscription
+//! selects is accepted and not stored.
+//!
+//! Filters run outside every lock, on a view of the message's properties that the broker
+//! provides ([`MessageView`]); the store knows no AMQP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use ferrobus_filter::{select, Rule};
+
+use crate::bodies::SharedBodies;
+use crate::keys::{self, BodyRecord};
+use crate::queue::copy::{Copy, Staged};
+use crate::queue::history::History;
+use crate::queue::timing;
+use crate::storage::{decode_max, Batch, Cf, Storage};
+use crate::{now_ms, Completion, NewMessage, Queue, QueueConfig, StoreError};
+
+/// The reason given to copies dead-lettered because a rule could not be evaluated on them.
+pub const FILTER_EVALUATION_FAILED: &str = "FilterEvaluationException";
+
+/// How the topic's filters see a message: built by the broker from the producer's bytes.
+pub type MessageView = Arc<dyn Fn(&Bytes) -> Box<dyn ferrobus_filter::Message> + Send + Sync>;
+
+/// Per-topic settings.
+#[derive(Debug, Clone)]
+pub struct TopicConfig {
+    /// Time to live of messages that set none, and the cap on those that do; 0: none.
+    pub default_ttl_ms: u64,
+    /// Duplicate-detection window in milliseconds; 0: off.
+    pub duplicate_detection_ms: u64,
+    /// Payload bytes each subscription may hold (`MaxSizeInMegabytes`).
+    pub max_size_bytes: u64,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            default_ttl_ms: 0,
+            duplicate_detection_ms: 0,
+            max_size_bytes: QueueConfig::default().max_size_bytes,
+        }
+    }
+}
+
+/// A subscription's settings.
+#[derive(Debug, Clone)]
+pub struct SubscriptionConfig {
+    /// Lock duration, max delivery count, time to live, dead-lettering on expiration (its
+    /// size limit and duplicate detection are the topic's).
+    pub queue: QueueConfig,
+    /// Its rules; a subscription declared without rules gets [`Rule::default_rule`].
+    pub rules: Vec<Rule>,
+    /// A copy whose rules fail to evaluate goes to the dead-letter sub-queue
+    /// (`DeadLetteringOnFilterEvaluationExceptions`); otherwise the failing rule does not match.
+    pub dead_letter_on_filter_errors: bool,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        SubscriptionConfig {
+            queue: QueueConfig::default(),
+            rules: vec![Rule::default_rule()],
+            dead_letter_on_filter_errors: true,
+        }
+    }
+}
+
+/// A topic as declared: its settings and its subscriptions.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub config: TopicConfig,
+    pub subscriptions: Vec<(String, SubscriptionConfig)>,
+}
+
+/// One subscription of a topic.
+pub struct Subscription {
+    /// `<topic>/Subscriptions/<name>`.
+    pub path: String,
+    /// The subscription's messages.
+    pub queue: Arc<Queue>,
+    rules: Vec<Rule>,
+    dead_letter_on_filter_errors: bool,
+}
+
+impl Subscription {
+    /// Its rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+struct State {
+    next_seq: u64,
+    dedup: History,
+    /// Scheduled messages by topic sequence number: due time and (subscription, copy).
+    scheduled: HashMap<u64, (i64, Vec<(usize, u64)>)>,
+}
+
+/// A topic and its subscriptions.
+pub struct Topic {
+    name: String,
+    id: u64,
+    config: TopicConfig,
+    storage: Arc<dyn Storage>,
+    bodies: Arc<SharedBodies>,
+    subs: Vec<Subscription>,
+    view: MessageView,
+    state: Mutex<State>,
+}
+
+/// Where one message goes: per subscription, the copies it gets.
+type Fanout = Vec<(usize, Option<(String, String)>)>;
+
+impl Topic {
+    /// Opens the topic with id `id` and its subscriptions (each with its own id), recovering
+    /// their messages and the counts of the bodies they share.
+    pub(crate) fn open(
+        spec: &TopicSpec,
+        id: u64,
+        subs: Vec<(String, u64, SubscriptionConfig)>,
+        storage: Arc<dyn Storage>,
+        view: MessageView,
+    ) -> Result<Arc<Topic>, StoreError> {
+        let bodies = Arc::new(SharedBodies::default());
+        let mut opened = Vec::with_capacity(subs.len());
+        for (path, sub_id, c) in subs {
+            if let Some(r) = c.rules.iter().find(|r| r.action.is_some()) {
+                return Err(StoreError::Invalid(format!(
+                    "subscription '{path}': rule '{}' has an action; rule actions are not supported yet",
+                    r.name
+                )));
+            }
+            // the topic's size limit holds for each subscription; duplicates are the topic's
+            let config = QueueConfig {
+                max_size_bytes: spec.config.max_size_bytes,
+                duplicate_detection_ms: 0,
+                ..c.queue.clone()
+            };
+            let queue = Queue::open_with_bodies(
+                &path,
+                sub_id,
+                config,
+                storage.clone(),
+                Some(bodies.clone()),
+            )?;
+            opened.push(Subscription {
+                path,
+                queue,
+                rules: c.rules,
+                dead_letter_on_filter_errors: c.dead_letter_on_filter_errors,
+            });
+        }
+        let meta = storage.get_many(Cf::Meta, &[keys::last_seq_key(id)])?;
+        let next_seq = meta[0].as_deref().and_then(decode_max).unwrap_or(0) + 1;
+        let mut stale = Batch::default();
+        let dedup = History::load(
+            storage.as_ref(),
+            id,
+            spec.config.duplicate_detection_ms,
+            now_ms(),
+            &mut stale,
+        )?;
+        if !stale.is_empty() {
+            storage.write(stale, Box::new(|_| {}));
+        }
+        let mut scheduled: HashMap<u64, (i64, Vec<(usize, u64)>)> = HashMap::new();
+        for (i, s) in opened.iter().enumerate() {
+            for (seq, (owner, tseq), at) in s.queue.scheduled_shared() {
+                if owner == id {
+                    let e = scheduled.entry(tseq).or_insert((at, Vec::new()));
+                    e.1.push((i, seq));
+                }
+            }
+        }
+        Ok(Arc::new(Topic {
+            name: spec.name.clone(),
+            id,
+            config: spec.config.clone(),
+            storage,
+            bodies,
+            subs: opened,
+            view,
+            state: Mutex::new(State {
+                next_seq,
+                dedup,
+                scheduled,
+            }),
+        }))
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic's settings.
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    /// Its subscriptions.
+    pub fn subscriptions(&self) -> &[Subscription] {
+        &self.subs
+    }
+
+    /// Bodies with references left (for tests and metrics).
+    pub fn stored_bodies(&self) -> usize {
+        self.bodies.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("topic state poisoned")
+    }
+
+    /// Which subscriptions take a message, and how (a dead-letter reason for a copy whose rules
+    /// failed to evaluate, in a subscription that dead-letters those).
+    fn fan_out(&self, payload: &Bytes) -> Fanout {
+        let view = (self.view)(payload);
+        let mut out = Vec::new();
+        for (i, s) in self.subs.iter().enumerate() {
+            let sel = select(&s.rules, view.as_ref());
+            for _ in 0..sel.copies() {
+                out.push((i, None));
+            }
+            if sel.copies() == 0 && s.dead_letter_on_filter_errors {
+                if let Some((rule, e)) = sel.errors.first() {
+                    let why = format!("rule '{}' could not be evaluated: {e}", rule.name);
+                    out.push((i, Some((FILTER_EVALUATION_FAILED.to_string(), why))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Publishes several groups of messages (one per transfer) with one storage write, as
+    /// [`Queue::enqueue_each`] stores them in a queue: each group is accepted or refused on
+    /// its own (refused if a subscription it goes to is full). `done` gets each group's topic
+    /// sequence numbers (duplicates left out), or the storage's error (then nothing is stored).
+    pub fn enqueue_each(
+        self: &Arc<Self>,
+        groups: Vec<Vec<NewMessage>>,
+        done: Completion<Vec<Result<Vec<u64>, StoreError>>>,
+    ) {
+        let routed: Vec<Vec<(NewMessage, Fanout)>> = groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .map(|m| {
+                        let f = self.fan_out(&m.payload);
+                        (m, f)
+                    })
+                    .collect()
+            })
+            .collect();
+        let now = now_ms();
+        let mut batch = Batch::default();
+        let mut staged: Vec<(usize, Staged)> = Vec::new();
+        let mut retained: Vec<((u64, u64), u32)> = Vec::new();
+        let mut scheduled_now: Vec<u64> = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut last_seq = None;
+        {
+            let mut st = self.lock();
+            for group in routed {
+                if let Err(e) = self.check_room(&group) {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+                let mut seqs = Vec::with_capacity(group.len());
+                for (m, fanout) in group {
+                    let window = self.config.duplicate_detection_ms;
+                    if let (Some(mid), true) = (&m.message_id, window > 0) {
+                        if !st.dedup.admit(self.id, mid, now, window, &mut batch) {
+                            continue;
+                        }
+                    }
+                    let tseq = st.next_seq;
+                    st.next_seq += 1;
+                    last_seq = Some(tseq);
+                    seqs.push(tseq);
+                    if fanout.is_empty() {
+                        continue;
+                    }
+                    let (at, expires) = timing(&m, self.config.default_ttl_ms, now);
+                    let body_at = (self.id, tseq);
+                    let body = BodyRecord {
+                        enqueued_ms: now,
+                        expires_ms: expires.unwrap_or(0),
+                        payload: m.payload,
+                    };
+                    batch.put(Cf::Body, keys::body_key(self.id, tseq), body.encode());
+                    let n = fanout.len() as u32;
+                    self.bodies.retain(body_at, n);
+                    retained.push((body_at, n));
+                    let mut copies = Vec::new();
+                    for (i, dead_letter) in fanout {
+                        let copy = Copy {
+                            body: body_at,
+                            payload: body.payload.clone(),
+                            enqueued_ms: now,
+                            expires_ms: expires,
+                            scheduled_ms: if dead_letter.is_some() { None } else { at },
+                            dead_letter,
+                        };
+                        for s in self.subs[i].queue.stage_copies(vec![copy], &mut batch) {
+                            if let Some(due) = s.scheduled_ms() {
+                                let e = st.scheduled.entry(tseq).or_insert((due, Vec::new()));
+                                e.1.push((i, s.seq()));
+                            }
+                            copies.push((i, s));
+                        }
+                    }
+                    if st.scheduled.contains_key(&tseq) {
+                        scheduled_now.push(tseq);
+                    }
+                    staged.extend(copies);
+                }
+                outcomes.push(Ok(seqs));
+            }
+        }
+        if let Some(seq) = last_seq {
+            batch.max(Cf::Meta, keys::last_seq_key(self.id), seq);
+        }
+        if batch.is_empty() {
+            return done(Ok(outcomes));
+        }
+        let me = self.clone();
+        self.storage.write(
+            batch,
+            Box::new(move |r| match r {
+                Ok(()) => {
+                    let mut per_sub: Vec<Vec<Staged>> =
+                        me.subs.iter().map(|_| Vec::new()).collect();
+                    for (i, s) in staged {
+                        per_sub[i].push(s);
+                    }
+                    for (sub, copies) in me.subs.iter().zip(per_sub) {
+                        if !copies.is_empty() {
+                            sub.queue.commit_copies(copies);
+                        }
+                    }
+                    done(Ok(outcomes))
+                }
+                Err(e) => {
+                    for (i, s) in &staged {
+                        me.subs[*i].queue.forget_copies(std::slice::from_ref(s));
+                    }
+                    for (at, n) in retained {
+                        me.bodies.forget(at, n);
+                    }
+                    let mut st = me.lock();
+                    for tseq in scheduled_now {
+                        st.scheduled.remove(&tseq);
+                    }
+                    drop(st);
+                    done(Err(e))
+                }
+            }),
+        );
+    }
+
+    /// Refuses a group if a subscription it goes to has no room for it.
+    fn check_room(&self, group: &[(NewMessage, Fanout)]) -> Result<(), StoreError> {
+        let mut incoming = vec![0u64; self.subs.len()];
+        for (m, fanout) in group {
+            for (i, _) in fanout {
+                incoming[*i] += m.payload.len() as u64;
+            }
+        }
+        for (s, n) in self.subs.iter().zip(incoming) {
+            if n > 0 {
+                s.queue.check_room(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels scheduled messages by topic sequence number: their copies leave every
+    /// subscription. A number that is not scheduled (or whose time came) is
+    /// [`StoreError::NotFound`], and then nothing is cancelled.
+    pub fn cancel_scheduled(self: &Arc<Self>, seqs: &[u64], done: Completion<()>) {
+        let mut work: Vec<(usize, u64)> = Vec::new();
+        {
+            let mut st = self.lock();
+            for seq in seqs {
+                let live = st.scheduled.get(seq).is_some_and(|(_, copies)| {
+                    copies
+                        .iter()
+                        .any(|(i, s)| self.subs[*i].queue.is_scheduled(*s))
+                });
+                if !live {
+                    return done(Err(StoreError::NotFound(format!(
+                        "no scheduled message with sequence number {seq}"
+                    ))));
+                }
+            }
+            for seq in seqs {
+                if let Some((_, copies)) = st.scheduled.remove(seq) {
+                    work.extend(
+                        copies
+                            .into_iter()
+                            .filter(|(i, s)| self.subs[*i].queue.is_scheduled(*s)),
+                    );
+                }
+            }
+        }
+        let pending = Arc::new(Mutex::new((work.len(), None, Some(done))));
+        for (i, s) in work {
+            let pending = pending.clone();
+            self.subs[i].queue.cancel_scheduled(
+                &[s],
+                Box::new(move |r| {
+                    let mut p = pending.lock().expect("cancel state poisoned");
+                    p.0 -= 1;
+                    if let Err(e) = r {
+                        p.1.get_or_insert(e);
+                    }
+                    if p.0 == 0 {
+                        if let Some(done) = p.2.take() {
+                            let err = p.1.take();
+                            drop(p);
+                            done(err.map_or(Ok(()), Err));
+                        }
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Forgets scheduled messages whose time came (their copies are ordinary messages now),
+    /// and message-ids older than the duplicate-detection window.
+    pub fn sweep(&self, now: i64) {
+        let mut pending = Batch::default();
+        {
+            let mut st = self.lock();
+            st.scheduled.retain(|_, (at, _)| *at > now);
+            let window = self.config.duplicate_detection_ms;
+            if window > 0 {
+                for id in st.dedup.prune(now, window) {
+                    pending.delete(Cf::Dedup, keys::dedup_key(self.id, &id));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            pending.lazy = true;
+            self.storage.write(pending, Box::new(|_| {}));
+        }
+    }
+}
