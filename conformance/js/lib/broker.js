@@ -118,8 +118,9 @@ async function startBroker(opts = {}) {
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferrobus-js-'));
   const configPath = path.join(dir, 'ferrobus.toml');
-  const dataDir = path.join(dir, 'data');
-  fs.mkdirSync(dataDir);
+  // opts.dataDir: start on an earlier broker's data (a restart); otherwise a fresh one
+  const dataDir = opts.dataDir || path.join(dir, 'data');
+  if (!opts.dataDir) fs.mkdirSync(dataDir);
   fs.writeFileSync(configPath, renderConfig(opts));
 
   const child = spawn(bin, [

@@ -2,7 +2,8 @@
 // Topics and subscriptions through the official JS SDK (@azure/service-bus): a topic sender,
 // subscription receivers selected by SQL and correlation rules from the configuration,
 // per-subscription sequence numbers, a subscription's dead-letter queue, schedule / cancel on
-// the topic, and the errors for receiving from a topic or sending to a subscription.
+// the topic, the errors for receiving from a topic or sending to a subscription, and rules
+// managed at runtime with ServiceBusRuleManager (kept across a restart).
 //
 // One broker and one client for the whole file; each test has a topic of its own.
 // Run: conformance/js/run test/topics.test.js
@@ -31,7 +32,7 @@ name = "label"
 label = "urgent"
 `;
 
-const TOPICS = ['js-fanout', 'js-dlq', 'js-sched', 'js-refuse'];
+const TOPICS = ['js-fanout', 'js-dlq', 'js-sched', 'js-refuse', 'js-rules'];
 
 let broker = null;
 let sb = null;
@@ -51,6 +52,13 @@ after(async () => {
   assert.doesNotMatch(broker.stderrTail(), /panicked/);
   broker.removeDir();
 });
+
+// Every rule of a rule manager (listRules pages through them).
+async function listRules(rm) {
+  const out = [];
+  for await (const r of rm.listRules()) out.push(r);
+  return out;
+}
 
 function order(n, region, amount, subject) {
   return { body: `order-${n}`, applicationProperties: { n, region, amount }, subject };
@@ -133,4 +141,61 @@ test('receiving from a topic and sending to a subscription are refused with a re
     return true;
   });
   await s.close();
+});
+
+test('the rule manager lists, creates and deletes rules, and they take effect at once', async () => {
+  const rm = sb.createRuleManager('js-rules', 'all');
+  const initial = await listRules(rm);
+  assert.deepEqual(initial.map((r) => [r.name, r.filter.sqlExpression]), [['$Default', '1=1']]);
+  await rm.deleteRule('$Default');
+  await rm.createRule('big', { sqlExpression: 'amount > 100' });
+  await rm.createRule('gold', { correlationId: 'c1', applicationProperties: { tier: 'gold' } });
+  const rules = await listRules(rm);
+  assert.deepEqual(rules.map((r) => r.name), ['big', 'gold']);
+  assert.equal(rules[0].filter.sqlExpression, 'amount > 100');
+  assert.equal(rules[1].filter.correlationId, 'c1');
+  assert.deepEqual(rules[1].filter.applicationProperties, { tier: 'gold' });
+
+  const s = sb.createSender('js-rules');
+  await s.sendMessages([
+    { body: 'big', applicationProperties: { amount: 500 } },
+    { body: 'gold', correlationId: 'c1', applicationProperties: { amount: 1, tier: 'gold' } },
+    { body: 'neither', correlationId: 'c1', applicationProperties: { amount: 1, tier: 'silver' } },
+  ]);
+  await s.close();
+  const got = await drain('js-rules', 'all', 2);
+  assert.deepEqual(got.map((m) => m.body), ['big', 'gold']);
+
+  await assert.rejects(rm.createRule('BIG', { sqlExpression: '1=1' }), (e) => {
+    assert.equal(e.code, 'MessagingEntityAlreadyExists', `${e.code}: ${e.message}`);
+    return true;
+  });
+  await assert.rejects(rm.deleteRule('nope'), /nope/);
+  await assert.rejects(rm.createRule('bad', { sqlExpression: 'amount >' }), /position/);
+  await assert.rejects(rm.createRule('act', { sqlExpression: '1=1' }, { sqlExpression: 'SET x = 1' }),
+    /not supported yet/);
+  assert.deepEqual((await listRules(rm)).map((r) => r.name), ['big', 'gold']);
+});
+
+test('rules added at runtime survive a restart', async () => {
+  const extraToml = `[[topics]]\nname = "kept"\n[[topics.subscriptions]]\nname = "s"\n`;
+  const first = await startBroker({ queues: [], extraToml });
+  let client = new ServiceBusClient(connectionString(first), { retryOptions: RETRY });
+  let rm = client.createRuleManager('kept', 's');
+  await rm.deleteRule('$Default');
+  await rm.createRule('red', { sqlExpression: "color = 'red'" });
+  await client.close();
+  const exit = await first.stop();
+  assert.equal(exit.code, 0);
+  const second = await startBroker({ queues: [], extraToml, dataDir: first.dataDir });
+  try {
+    client = new ServiceBusClient(connectionString(second), { retryOptions: RETRY });
+    rm = client.createRuleManager('kept', 's');
+    assert.deepEqual((await listRules(rm)).map((r) => r.name), ['red']);
+      await client.close();
+  } finally {
+    await second.stop();
+    second.removeDir();
+    first.removeDir();
+  }
 });

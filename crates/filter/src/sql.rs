@@ -51,6 +51,11 @@ impl Parameters {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Every parameter: name (without `@`) and value, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
 }
 
 impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Parameters {
@@ -81,6 +86,7 @@ impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Parameters {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SqlFilter {
     text: String,
+    parameters: Parameters,
     expr: Expr,
 }
 
@@ -99,6 +105,7 @@ impl SqlFilter {
         let expr = Parser::new(text, parameters, limits)?.condition()?;
         Ok(SqlFilter {
             text: text.to_owned(),
+            parameters: parameters.clone(),
             expr,
         })
     }
@@ -106,6 +113,11 @@ impl SqlFilter {
     /// The expression as it was given (what `enumerate-rules` sends back).
     pub fn expression(&self) -> &str {
         &self.text
+    }
+
+    /// The parameters it was parsed with (kept so the filter can be stored and parsed again).
+    pub fn parameters(&self) -> &Parameters {
+        &self.parameters
     }
 
     /// Whether the message matches: the condition is true. False and unknown do not match.

@@ -103,10 +103,17 @@ impl Router for Broker {
                     .entities
                     .resolve(entity)
                     .map_err(|e| refuse(AmqpError::NotFound, e.to_string()))?;
+                let subscription = self
+                    .entities
+                    .subscription(
+                        entity.trim_end_matches(ferrobus_store::registry::DEAD_LETTER_SUFFIX),
+                    )
+                    .map(|(t, s)| (t.clone(), s.clone()));
                 let node = Arc::new(Management {
                     name: lower.clone(),
                     queue: resolved.queue,
                     lane: resolved.lane,
+                    subscription,
                 });
                 return Ok(self.attach_node(&req, node, peer_sends));
             }

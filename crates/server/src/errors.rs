@@ -10,6 +10,9 @@ pub const MESSAGE_NOT_FOUND: &str = "com.microsoft:message-not-found";
 /// Service Bus: the lock on a message was lost or has expired.
 pub const MESSAGE_LOCK_LOST: &str = "com.microsoft:message-lock-lost";
 
+/// Service Bus: the entity (a rule) already exists.
+pub const ENTITY_EXISTS: &str = "com.microsoft:entity-already-exists";
+
 /// The AMQP error for a store error.
 pub fn store_error(e: &StoreError) -> Error {
     let condition: ErrorCondition = match e {
@@ -17,6 +20,8 @@ pub fn store_error(e: &StoreError) -> Error {
         StoreError::NotFound(_) => ErrorCondition::Custom(Symbol::from(MESSAGE_NOT_FOUND)),
         StoreError::Full(_) => AmqpError::ResourceLimitExceeded.into(),
         StoreError::Invalid(_) => AmqpError::InvalidField.into(),
+        StoreError::EntityExists(_) => ErrorCondition::Custom(Symbol::from(ENTITY_EXISTS)),
+        StoreError::EntityNotFound(_) => AmqpError::NotFound.into(),
         StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
     };
     ferrobus_codec::error(condition, e.to_string())

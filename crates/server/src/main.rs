@@ -15,6 +15,7 @@ mod listen;
 mod management;
 mod message_id;
 mod nodes;
+mod rule_ops;
 mod sas;
 mod tls;
 mod topology;

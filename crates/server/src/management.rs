@@ -13,37 +13,41 @@ use ferrobus_codec::types::messaging::MessageId;
 use ferrobus_codec::types::primitives::{
     Array, OrderedMap, SimpleValue, Symbol, Timestamp, Uuid, Value,
 };
-use ferrobus_store::{Lane, Outcome, Queue, StoreError, Topic};
+use ferrobus_store::{Lane, Outcome, Queue, StoreError, Subscription, Topic};
 
 use crate::dest::Dest;
 
 use crate::encode::Stamp;
 use crate::nodes::{response, Node, Request, Respond};
 
-use crate::errors::{MESSAGE_LOCK_LOST as LOCK_LOST, MESSAGE_NOT_FOUND};
+use crate::errors::{ENTITY_EXISTS, MESSAGE_LOCK_LOST as LOCK_LOST, MESSAGE_NOT_FOUND};
 /// The annotation that schedules a message.
 pub const SCHEDULED_ENQUEUE_TIME: &str = "x-opt-scheduled-enqueue-time";
 
-/// One queue lane's management node.
+/// One queue lane's management node (a subscription's too, which also manages its rules).
 pub struct Management {
     pub name: String,
     pub queue: Arc<Queue>,
     pub lane: Lane,
+    /// The subscription and its topic, when the queue is one.
+    pub subscription: Option<(Arc<Topic>, Arc<Subscription>)>,
 }
 
 /// A failed operation: status code, AMQP condition, description.
-struct Failure(i32, &'static str, String);
+pub(crate) struct Failure(pub i32, pub &'static str, pub String);
 
 impl Failure {
-    fn bad(text: impl Into<String>) -> Self {
+    pub(crate) fn bad(text: impl Into<String>) -> Self {
         Failure(400, "amqp:invalid-field", text.into())
     }
 }
 
-fn from_store(e: StoreError) -> Failure {
+pub(crate) fn from_store(e: StoreError) -> Failure {
     match e {
         StoreError::LockLost => Failure(410, LOCK_LOST, e.to_string()),
         StoreError::NotFound(t) => Failure(404, MESSAGE_NOT_FOUND, t),
+        StoreError::EntityExists(t) => Failure(409, ENTITY_EXISTS, t),
+        StoreError::EntityNotFound(t) => Failure(404, "amqp:not-found", t),
         StoreError::Full(t) => Failure(403, "amqp:resource-limit-exceeded", t),
         other => Failure(500, "amqp:internal-error", other.to_string()),
     }
@@ -66,6 +70,19 @@ impl Node for Management {
             "com.microsoft:schedule-message" => self.schedule(body, reply),
             "com.microsoft:cancel-scheduled-message" => self.cancel_scheduled(body, reply),
             "com.microsoft:get-message-sessions" => reply(Ok(None)),
+            "com.microsoft:add-rule"
+            | "com.microsoft:remove-rule"
+            | "com.microsoft:enumerate-rules" => match &self.subscription {
+                Some((topic, sub)) => crate::rule_ops::handle(&op, topic, sub, body, reply),
+                None => reply(Err(Failure(
+                    400,
+                    "amqp:not-allowed",
+                    format!(
+                        "'{}' is not a subscription: rules belong to subscriptions",
+                        self.name
+                    ),
+                ))),
+            },
             other => reply(Err(Failure(
                 501,
                 "amqp:not-implemented",
@@ -75,7 +92,7 @@ impl Node for Management {
     }
 }
 
-type Reply = Box<dyn FnOnce(Result<Option<Value>, Failure>) + Send>;
+pub(crate) type Reply = Box<dyn FnOnce(Result<Option<Value>, Failure>) + Send>;
 
 /// Answers a request: 200 with a body, 204 without, or the failure's status and condition.
 fn replier(id: Option<MessageId>, respond: Respond) -> Reply {
@@ -101,7 +118,7 @@ fn status(code: i32, text: String, condition: Option<&str>) -> Vec<(&'static str
     v
 }
 
-fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
     let Value::Map(m) = body else { return None };
     m.iter()
         .find(|(k, _)| {
@@ -111,7 +128,7 @@ fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-fn items(v: Option<&Value>) -> Vec<&Value> {
+pub(crate) fn items(v: Option<&Value>) -> Vec<&Value> {
     match v {
         Some(Value::Array(Array(a))) | Some(Value::List(a)) => a.iter().collect(),
         Some(other) => vec![other],
@@ -119,7 +136,7 @@ fn items(v: Option<&Value>) -> Vec<&Value> {
     }
 }
 
-fn int(v: &Value) -> Option<i64> {
+pub(crate) fn int(v: &Value) -> Option<i64> {
     Some(match v {
         Value::Long(x) => *x,
         Value::Int(x) => *x as i64,
@@ -133,7 +150,7 @@ fn int(v: &Value) -> Option<i64> {
     })
 }
 
-fn text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     match v {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Symbol(s)) if !s.as_str().is_empty() => Some(s.as_str().to_string()),
@@ -166,7 +183,7 @@ fn sequence_numbers(body: &Value) -> Result<Vec<u64>, Failure> {
     }
 }
 
-fn map(pairs: Vec<(&str, Value)>) -> Value {
+pub(crate) fn map(pairs: Vec<(&str, Value)>) -> Value {
     let mut m = OrderedMap::new();
     for (k, v) in pairs {
         m.insert(Value::String(k.to_string()), v);

@@ -93,6 +93,12 @@ pub enum StoreError {
     /// A declaration the store cannot take (at start-up).
     #[error("{0}")]
     Invalid(String),
+    /// The entity (a rule) already exists: `com.microsoft:entity-already-exists`.
+    #[error("{0}")]
+    EntityExists(String),
+    /// No such entity (a rule): `amqp:not-found`.
+    #[error("{0}")]
+    EntityNotFound(String),
 }
 
 /// Called once when a write has been committed (or has failed).

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::keys;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
-use crate::topic::{MessageView, Topic, TopicSpec};
+use crate::topic::{MessageView, Subscription, Topic, TopicSpec};
 use crate::StoreError;
 
 /// The suffix that names a queue's dead-letter sub-queue (matched case-insensitively).
@@ -113,7 +113,7 @@ impl Entities {
                 let sub_key = claim(&path)?;
                 subs.push((path, id_of(&sub_key, &mut batch), config.clone()));
             }
-            let topic = Topic::open(spec, id, subs, storage.clone(), view.clone())?;
+            let topic = Topic::open(spec, id, subs, storage.clone(), view.clone(), &mut batch)?;
             for s in topic.subscriptions() {
                 map.insert(s.path.to_ascii_lowercase(), s.queue.clone());
             }
@@ -156,6 +156,20 @@ impl Entities {
     /// Every queue and subscription.
     pub fn queues(&self) -> impl Iterator<Item = &Arc<Queue>> {
         self.queues.values()
+    }
+
+    /// The subscription an address names (`<topic>/Subscriptions/<name>`), with its topic.
+    pub fn subscription(&self, address: &str) -> Option<(&Arc<Topic>, &Arc<Subscription>)> {
+        let path = strip_authority(address)
+            .trim_matches('/')
+            .to_ascii_lowercase();
+        let (topic, _) = path.split_once("/subscriptions/")?;
+        let t = self.topics.get(topic)?;
+        let s = t
+            .subscriptions()
+            .iter()
+            .find(|s| s.path.to_ascii_lowercase() == path)?;
+        Some((t, s))
     }
 
     /// Every topic.

@@ -11,13 +11,14 @@
 //! Filters run outside every lock, on a view of the message's properties that the broker
 //! provides ([`MessageView`]); the store knows no AMQP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use ferrobus_filter::{select, Rule};
 
 use crate::bodies::SharedBodies;
+use crate::keys::rules::{decode_rule, encode_rule};
 use crate::keys::{self, BodyRecord};
 use crate::queue::copy::{Copy, Staged};
 use crate::queue::history::History;
@@ -83,21 +84,158 @@ pub struct TopicSpec {
     pub subscriptions: Vec<(String, SubscriptionConfig)>,
 }
 
+/// Most rules one subscription may have (Service Bus' quota).
+pub const MAX_RULES_PER_SUBSCRIPTION: usize = 2000;
+
 /// One subscription of a topic.
 pub struct Subscription {
     /// `<topic>/Subscriptions/<name>`.
     pub path: String,
     /// The subscription's messages.
     pub queue: Arc<Queue>,
-    rules: Vec<Rule>,
+    id: u64,
+    /// The rules in force (replaced whole when one is added or removed), and the names of
+    /// rules being added or removed whose write is not durable yet.
+    rules: Mutex<(Arc<Vec<Rule>>, HashSet<String>)>,
     dead_letter_on_filter_errors: bool,
 }
 
 impl Subscription {
-    /// Its rules.
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
+    /// Its rules, ordered by name (case-insensitively), as they are stored.
+    pub fn rules(&self) -> Arc<Vec<Rule>> {
+        self.rules.lock().expect("rules poisoned").0.clone()
     }
+
+    /// Adds a rule, durably; a rule of that name (any case) is [`StoreError::EntityExists`].
+    pub fn add_rule(self: &Arc<Self>, storage: &dyn Storage, rule: Rule, done: Completion<()>) {
+        let key = rule.name.to_lowercase();
+        {
+            let mut g = self.rules.lock().expect("rules poisoned");
+            let (rules, pending) = &mut *g;
+            if pending.contains(&key) || rules.iter().any(|r| r.name.to_lowercase() == key) {
+                drop(g);
+                return done(Err(StoreError::EntityExists(format!(
+                    "rule '{}' already exists in subscription '{}'",
+                    rule.name, self.path
+                ))));
+            }
+            if rules.len() + pending.len() >= MAX_RULES_PER_SUBSCRIPTION {
+                drop(g);
+                return done(Err(StoreError::Full(format!(
+                    "subscription '{}' has {MAX_RULES_PER_SUBSCRIPTION} rules, the most it may have",
+                    self.path
+                ))));
+            }
+            pending.insert(key.clone());
+        }
+        let mut batch = Batch::default();
+        batch.put(
+            Cf::Meta,
+            keys::rule_key(self.id, &rule.name),
+            encode_rule(&rule),
+        );
+        self.change_rules(storage, batch, key, done, move |rules, key| {
+            let at = rules.partition_point(|x| x.name.to_lowercase() < *key);
+            rules.insert(at, rule);
+        });
+    }
+
+    /// Removes a rule by name (any case), durably; none of that name is
+    /// [`StoreError::EntityNotFound`].
+    pub fn remove_rule(self: &Arc<Self>, storage: &dyn Storage, name: &str, done: Completion<()>) {
+        let key = name.to_lowercase();
+        {
+            let mut g = self.rules.lock().expect("rules poisoned");
+            let (rules, pending) = &mut *g;
+            if pending.contains(&key) || !rules.iter().any(|r| r.name.to_lowercase() == key) {
+                drop(g);
+                return done(Err(StoreError::EntityNotFound(format!(
+                    "no rule '{name}' in subscription '{}'",
+                    self.path
+                ))));
+            }
+            pending.insert(key.clone());
+        }
+        let mut batch = Batch::default();
+        batch.delete(Cf::Meta, keys::rule_key(self.id, name));
+        self.change_rules(storage, batch, key, done, |rules, key| {
+            rules.retain(|x| x.name.to_lowercase() != *key)
+        });
+    }
+
+    /// Writes a rule change; once it is durable, applies it to the rules in force and lets
+    /// other changes of rule `key` in.
+    fn change_rules(
+        self: &Arc<Self>,
+        storage: &dyn Storage,
+        batch: Batch,
+        key: String,
+        done: Completion<()>,
+        apply: impl FnOnce(&mut Vec<Rule>, &String) + Send + 'static,
+    ) {
+        let me = self.clone();
+        storage.write(
+            batch,
+            Box::new(move |r| {
+                let mut g = me.rules.lock().expect("rules poisoned");
+                g.1.remove(&key);
+                if r.is_ok() {
+                    let mut next = (*g.0).clone();
+                    apply(&mut next, &key);
+                    g.0 = Arc::new(next);
+                }
+                drop(g);
+                done(r)
+            }),
+        );
+    }
+}
+
+/// The rules a subscription starts with: the stored ones, unless the configuration declares
+/// other rules than it did when they were stored; then the configuration's replace them.
+fn load_rules(
+    storage: &dyn Storage,
+    path: &str,
+    id: u64,
+    declared: &[Rule],
+    batch: &mut Batch,
+) -> Result<Vec<Rule>, StoreError> {
+    let mut declared_bytes = Vec::new();
+    for r in declared {
+        let e = encode_rule(r);
+        declared_bytes.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        declared_bytes.extend_from_slice(&e);
+    }
+    let last = storage.get_many(Cf::Meta, &[keys::declared_rules_key(id)])?;
+    let (lo, hi) = keys::rules_range(id);
+    let mut stored = Vec::new();
+    storage.for_each(Cf::Meta, &lo, &hi, &mut |k, v| {
+        stored.push((k.to_vec(), decode_rule(v)?));
+        Ok(())
+    })?;
+    if last[0].as_deref() == Some(&declared_bytes[..]) {
+        return Ok(stored.into_iter().map(|(_, r)| r).collect());
+    }
+    if last[0].is_some() {
+        tracing::warn!(
+            subscription = path,
+            "the configuration declares other rules than before: they replace the stored ones (rules added at runtime are gone)"
+        );
+    }
+    for (k, _) in stored {
+        batch.delete(Cf::Meta, k);
+    }
+    for r in declared {
+        batch.put(Cf::Meta, keys::rule_key(id, &r.name), encode_rule(r));
+    }
+    batch.put(
+        Cf::Meta,
+        keys::declared_rules_key(id),
+        Bytes::from(declared_bytes),
+    );
+    let mut rules = declared.to_vec();
+    rules.sort_by_key(|r| r.name.to_lowercase());
+    Ok(rules)
 }
 
 struct State {
@@ -114,7 +252,7 @@ pub struct Topic {
     config: TopicConfig,
     storage: Arc<dyn Storage>,
     bodies: Arc<SharedBodies>,
-    subs: Vec<Subscription>,
+    subs: Vec<Arc<Subscription>>,
     view: MessageView,
     state: Mutex<State>,
 }
@@ -131,6 +269,7 @@ impl Topic {
         subs: Vec<(String, u64, SubscriptionConfig)>,
         storage: Arc<dyn Storage>,
         view: MessageView,
+        rules_batch: &mut Batch,
     ) -> Result<Arc<Topic>, StoreError> {
         let bodies = Arc::new(SharedBodies::default());
         let mut opened = Vec::with_capacity(subs.len());
@@ -154,12 +293,14 @@ impl Topic {
                 storage.clone(),
                 Some(bodies.clone()),
             )?;
-            opened.push(Subscription {
+            let rules = load_rules(storage.as_ref(), &path, sub_id, &c.rules, rules_batch)?;
+            opened.push(Arc::new(Subscription {
                 path,
                 queue,
-                rules: c.rules,
+                id: sub_id,
+                rules: Mutex::new((Arc::new(rules), HashSet::new())),
                 dead_letter_on_filter_errors: c.dead_letter_on_filter_errors,
-            });
+            }));
         }
         let meta = storage.get_many(Cf::Meta, &[keys::last_seq_key(id)])?;
         let next_seq = meta[0].as_deref().and_then(decode_max).unwrap_or(0) + 1;
@@ -210,8 +351,13 @@ impl Topic {
     }
 
     /// Its subscriptions.
-    pub fn subscriptions(&self) -> &[Subscription] {
+    pub fn subscriptions(&self) -> &[Arc<Subscription>] {
         &self.subs
+    }
+
+    /// The storage its rules are written to.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
     /// Bodies with references left (for tests and metrics).
@@ -229,7 +375,8 @@ impl Topic {
         let view = (self.view)(payload);
         let mut out = Vec::new();
         for (i, s) in self.subs.iter().enumerate() {
-            let sel = select(&s.rules, view.as_ref());
+            let rules = s.rules();
+            let sel = select(&rules, view.as_ref());
             for _ in 0..sel.copies() {
                 out.push((i, None));
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+pub use ferrobus_filter as filter;
 use ferrobus_filter::{Filter, Parameters, PropertyBag, Rule};
 
 use crate::keys;
@@ -339,6 +340,76 @@ macro_rules! topic_suite {
             );
             let sub = e.resolve("t/Subscriptions/math").unwrap().queue;
             assert_eq!(sub.stats().active, 0);
+        }
+
+        #[test]
+        fn runtime_rules_are_kept_until_the_configuration_declares_other_rules() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let names = |e: &$crate::Entities| -> Vec<String> {
+                let (_, sub) = e.subscription("t/Subscriptions/red").unwrap();
+                sub.rules().iter().map(|r| r.name.clone()).collect()
+            };
+            let e = open_topic(&s, TopicConfig::default());
+            let (_, sub) = e.subscription("t/Subscriptions/red").unwrap();
+            let extra = filter::Rule {
+                name: "Blue".into(),
+                filter: filter::Filter::sql("color = 'blue'", &filter::Parameters::default())
+                    .unwrap(),
+                action: None,
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tx2 = tx.clone();
+            sub.add_rule(
+                s.as_ref(),
+                extra.clone(),
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            rx.recv().unwrap().unwrap();
+            sub.add_rule(s.as_ref(), extra, Box::new(move |r| tx2.send(r).unwrap()));
+            assert!(matches!(
+                rx.recv().unwrap(),
+                Err(StoreError::EntityExists(_))
+            ));
+            assert_eq!(publish_text(&e, &["color=blue"]), vec![1]);
+            let (_c, _, got) = take(&e, "t/Subscriptions/red", 10);
+            assert_eq!(got.len(), 1, "the new rule selects at once");
+            // the same configuration: the runtime rule stays
+            let _old = e;
+            let e2 = open_topic(&s, TopicConfig::default());
+            assert_eq!(names(&e2), vec!["Blue".to_string(), "r".to_string()]);
+            let (_, sub2) = e2.subscription("t/Subscriptions/red").unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            sub2.remove_rule(s.as_ref(), "blue", Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv().unwrap().unwrap();
+            assert_eq!(names(&e2), vec!["r".to_string()]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            sub2.remove_rule(s.as_ref(), "blue", Box::new(move |r| tx.send(r).unwrap()));
+            assert!(matches!(
+                rx.recv().unwrap(),
+                Err(StoreError::EntityNotFound(_))
+            ));
+            // another configuration: its rules replace whatever was stored
+            let _old2 = e2;
+            let e3 = open_spec(
+                &s,
+                TopicSpec {
+                    name: "t".into(),
+                    config: TopicConfig::default(),
+                    subscriptions: vec![
+                        ("all".to_string(), $crate::SubscriptionConfig::default()),
+                        sql_sub("red", "color = 'crimson'"),
+                        sql_sub("none", "1=0"),
+                    ],
+                },
+            );
+            let (_, sub3) = e3.subscription("t/Subscriptions/red").unwrap();
+            let rules = sub3.rules();
+            assert_eq!(rules.len(), 1);
+            match &rules[0].filter {
+                filter::Filter::Sql(f) => assert_eq!(f.expression(), "color = 'crimson'"),
+                other => panic!("{other:?}"),
+            }
         }
     };
 }

@@ -9,6 +9,8 @@
 //! | meta | `N` + entity id | last sequence number assigned (u64, `Max` op) |
 //! | body | owner id (u64) + seq (u64) | [`BodyRecord`] |
 //! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
+//! | meta | `R` + subscription id + rule name (lower case) | [`rules::encode_rule`] |
+//! | meta | `C` + subscription id | the subscription's rules as last declared in the configuration |
 //!
 //! A topic's message has one body, at the topic's id and the topic's sequence number, and one
 //! reference per subscription copy; each reference names that body
@@ -17,6 +19,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::StoreError;
+
+pub mod rules;
 
 const VERSION: u8 = 1;
 
@@ -40,6 +44,29 @@ pub fn dedup_key(id: u64, message_id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + message_id.len());
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(message_id);
+    k
+}
+
+/// Key of a subscription's rule in `meta`.
+pub fn rule_key(subscription: u64, name: &str) -> Vec<u8> {
+    let mut k = rules_range(subscription).0;
+    k.extend_from_slice(name.to_lowercase().as_bytes());
+    k
+}
+
+/// Range of a subscription's rules in `meta`.
+pub fn rules_range(subscription: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = vec![b'R'];
+    lo.extend_from_slice(&subscription.to_be_bytes());
+    let mut hi = vec![b'R'];
+    hi.extend_from_slice(&(subscription + 1).to_be_bytes());
+    (lo, hi)
+}
+
+/// Key of the rules the configuration last declared for a subscription, in `meta`.
+pub fn declared_rules_key(subscription: u64) -> Vec<u8> {
+    let mut k = vec![b'C'];
+    k.extend_from_slice(&subscription.to_be_bytes());
     k
 }
 
