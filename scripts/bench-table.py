@@ -34,6 +34,7 @@ def get(b, s, path):
 METRICS = [
     ("w100", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
     ("w100", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("w100", "disk bytes/msg", ["broker_write_bytes_per_sent"], 1, "{:,.0f}", False),
     ("w1", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
     ("w1", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
     ("q4", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
@@ -47,6 +48,12 @@ METRICS = [
     ("drain", "RSS peak MiB", ["broker_rss_peak_kib"], 1 / 1024, "{:.0f}", False),
     ("idle", "KiB per connection", ["idle", "per_connection_kib"], 1, "{:.1f}", False),
     ("idle", "RSS MiB", ["idle", "rss_after_kib"], 1 / 1024, "{:.0f}", False),
+    ("t5", "delivered msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("t5", "published msg/s", ["send_rate"], 1, "{:,.0f}", True),
+    ("t5", "disk bytes/published msg", ["broker_write_bytes_per_sent"], 1, "{:,.0f}", False),
+    ("t5", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("t20", "published msg/s", ["send_rate"], 1, "{:,.0f}", True),
+    ("t20", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
 ]
 
 
@@ -92,3 +99,21 @@ for s in ["w100", "w1", "q4", "lat1k", "fill", "drain"]:
     cells += [fmt("{:.2f}", get(b, s, ["broker_cores"])) for b in brokers]
     cells += [fmt("{:.1f}", get(b, s, ["bench_cpu_us_per_msg"])) for b in brokers]
     print("| " + " | ".join(cells) + " |")
+
+# Topics against the queue scenario of the same run (issue 11's targets: delivered >= 3x, disk
+# bytes per published message < 2x, SQL-filtered publishing >= 0.7x).
+q = get("ferrobus", "w100", ["recv_rate"])
+qd = get("ferrobus", "w100", ["broker_write_bytes_per_sent"])
+lines = []
+for s_, path, base, what in [
+    ("t5", ["recv_rate"], q, "t5 delivered / w100 delivered"),
+    ("t5", ["broker_write_bytes_per_sent"], qd, "t5 disk bytes per published / w100 per sent"),
+    ("t20", ["send_rate"], q, "t20 published / w100 delivered"),
+]:
+    v = get("ferrobus", s_, path)
+    if v is not None and base:
+        lines.append(f"- {what}: {v / base:.2f}×")
+if lines:
+    print()
+    print("Topics against the 1P/1C queue scenario of this run:")
+    print("\n".join(lines))

@@ -251,6 +251,12 @@ def test_readme_quickstarts_use_what_scripts_run_serves():
     cfg = tomllib.loads(p.stdout)
     assert cfg["server"]["amqp_listen"] == DEFAULT_LISTEN
     assert [q["name"] for q in cfg["queues"]] == [DEFAULT_QUEUE]
+    assert [(t["name"], [s["name"] for s in t["subscriptions"]]) for t in cfg["topics"]] == \
+        [("topic.1", ["subscription.1", "subscription.2"])]
+    topics_py = readme_block("Topics quickstart", "python")
+    topics_js = readme_block("Topics quickstart", "js")
+    for code in (topics_py, topics_js):
+        assert '"topic.1"' in code and '"subscription.2"' in code
     assert [(k["name"], k["key"]) for k in cfg["auth"]["keys"]] == [ROOT_KEY]
     assert cfg["auth"]["require"] is False
     sdk_py = readme_block("Service Bus SDK quickstart", "python")
@@ -282,6 +288,18 @@ def test_readme_sdk_quickstart_python_runs_verbatim(start_broker, tmp_path):
         pn_expect_empty(conn.create_receiver(DEFAULT_QUEUE), 0.5, "queue after the quickstart")
     finally:
         conn.close()
+
+
+def test_readme_topics_quickstart_python_runs_verbatim(start_broker, tmp_path):
+    """Against the embedded default configuration itself (its topic.1 and subscriptions)."""
+    code = readme_block("Topics quickstart", "python")
+    b = start_broker(config_file=os.path.join(REPO, "deploy", "ferrobus.toml"))
+    code = substitute_once(code, "Endpoint=sb://localhost;", "Endpoint=sb://localhost:%d;" % b.amqp_port)
+    p, took = run_python(code, tmp_path, "quickstart_topics.py")
+    want = "subscription.1 red one\nsubscription.1 blue one\nsubscription.2 red one\n"
+    assert p.returncode == 0 and p.stdout == want, \
+        "README topics quickstart (python): exit %r in %.1fs\nstdout:\n%s\nstderr:\n%s" % (
+            p.returncode, took, p.stdout, p.stderr[-6000:])
 
 
 def test_readme_proton_quickstart_runs_verbatim(start_broker, tmp_path):

@@ -174,7 +174,8 @@ def test_check_config_tls_errors_print_no_key_material(tmp_path, pki):
 def test_check_config_emulator_json(tmp_path):
     rc, out, err = run_broker_cli(["--config", EMULATOR_CONFIG, "--check-config", "--data-dir", str(tmp_path / "d")])
     assert rc == 0 and "configuration ok" in out, (rc, out, err)
-    assert "topic.1" in out + err, "check-config does not mention the unsupported topic: %r" % (out + err)
+    # the topic, its subscription and both rules are served now: nothing to warn about them
+    assert "topic.1" not in out + err and "subscription.1" not in out + err, out + err
     assert KEY_VALUE not in out + err
     bad = tmp_path / "Config.json"
     with open(EMULATOR_CONFIG) as f:
@@ -406,9 +407,12 @@ def test_emulator_config_json(ops_broker):
     b = ops_broker(config_file=EMULATOR_CONFIG)
     lines = [strip_ansi(ln) for ln in b.run_stderr().splitlines()]
     warns = [ln for ln in lines if re.search(r"\bWARN(ING)?\b", ln)]
-    # what the emulator file asks for and Ferrobus does not do yet: entities and properties
-    for item in ("topic.1", "subscription.1", "RequiresSession", "ForwardTo"):
+    # what the emulator file asks for and Ferrobus does not do yet: properties
+    for item in ("RequiresSession", "ForwardTo"):
         assert any(item in ln for ln in warns), "no WARN line names %r; WARN lines:\n%s" % (item, "\n".join(warns))
+    # its topic, subscription and rules are served, not warned about
+    for item in ("topic.1", "subscription.1", "app-prop-filter-1", "sql-filter-1"):
+        assert not any(item in ln for ln in warns), "%r warned about:\n%s" % (item, "\n".join(warns))
     # what it does map onto queue settings is not warned about
     for item in ("LockDuration", "DefaultMessageTimeToLive", "DuplicateDetectionHistoryTimeWindow",
                  "DeadLetteringOnMessageExpiration", "RequiresDuplicateDetection", "MaxDeliveryCount"):
@@ -420,6 +424,15 @@ def test_emulator_config_json(ops_broker):
         rcv = c.create_receiver("queue.1", credit=1)
         assert rcv.receive(timeout=10).body == "emulator queue"
         rcv.accept()
+        # the topic and its correlation rule: a message with every field it names is selected
+        props = {"prop1": "value1"}
+        c.create_sender("topic.1").send(Message(
+            body="for subscription.1", id="msgid1", correlation_id="id1", subject="subject1",
+            reply_to="someQueue", content_type="application/text", address="xyz",
+            group_id="session1", reply_to_group_id="sessionId", properties=props))
+        sub = c.create_receiver("topic.1/Subscriptions/subscription.1", credit=1)
+        assert sub.receive(timeout=10).body == "for subscription.1"
+        sub.accept()
         # the default entity set is replaced: q1 is unknown
         with pytest.raises(LinkDetached):
             c.create_sender("q1")

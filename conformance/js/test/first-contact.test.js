@@ -127,9 +127,19 @@ function runNode(code, fileName) {
   });
 }
 
-/** A fresh broker with the README's queue; fn(broker); the broker must exit 0 afterwards. */
-async function withQuickstartBroker(fn) {
-  const b = await startBroker({ queues: [DEFAULT_QUEUE] });
+/** The topics of the embedded default configuration (deploy/ferrobus.toml, from its first
+ * [[topics]] to the end), for the topics quickstart. */
+function defaultTopicsToml() {
+  const text = fs.readFileSync(path.join(REPO, 'deploy', 'ferrobus.toml'), 'utf8');
+  const at = text.indexOf('[[topics]]');
+  assert.ok(at >= 0, 'deploy/ferrobus.toml declares no topic');
+  return text.slice(at);
+}
+
+/** A fresh broker with the README's queue (and extra TOML); fn(broker); the broker must exit 0
+ * afterwards. */
+async function withQuickstartBroker(fn, extraToml = '') {
+  const b = await startBroker({ queues: [DEFAULT_QUEUE], extraToml });
   try {
     await fn(b);
   } catch (e) {
@@ -166,6 +176,17 @@ test('README: the Service Bus SDK quickstart (JS) runs verbatim and prints "hell
     assert.ok(run.code === 0 && run.stdout === 'hello 1\n', describeRun('README SDK quickstart (js)', run));
     await assertQueueEmpty(b, DEFAULT_QUEUE); // completeMessage really completed it
   });
+});
+
+test('README: the topics quickstart (JS) runs verbatim against the default topic', { timeout: QUICKSTART_TIMEOUT_MS + 30000 }, async () => {
+  const code = readmeBlock('Topics quickstart', 'js');
+  await withQuickstartBroker(async (b) => {
+    const run = await runNode(substituteOnce(code, 'Endpoint=sb://localhost;', `Endpoint=sb://localhost:${b.amqpPort};`),
+      'quickstart-topics.js');
+    assert.ok(run.code === 0
+      && run.stdout === 'subscription.1 red one\nsubscription.1 blue one\nsubscription.2 red one\n',
+    describeRun('README topics quickstart (js)', run));
+  }, defaultTopicsToml());
 });
 
 test('README: the rhea quickstart runs verbatim and prints "hello"', { timeout: QUICKSTART_TIMEOUT_MS + 30000 }, async () => {

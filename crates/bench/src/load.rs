@@ -10,7 +10,7 @@ use ferrobus_codec::types::messaging::DeliveryState;
 use ferrobus_codec::types::performatives::{Flow, Performative};
 use hdrhistogram::Histogram;
 
-use crate::wire::{encode_transfer, message_prefix, AcceptRanges, Endpoint, Wire};
+use crate::wire::{encode_transfer, message_prefix, routed_prefix, AcceptRanges, Endpoint, Wire};
 
 /// Per-queue counts the producers and consumers of one run share.
 #[derive(Default)]
@@ -73,6 +73,20 @@ pub struct ProducerPlan {
     pub presettled: bool,
     /// Messages per second (0: as fast as credit and the window allow).
     pub rate: u64,
+    /// Sending to a topic: how its subscriptions get the messages.
+    pub fanout: Fanout,
+}
+
+/// Which subscriptions (count slots) a message reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// A queue: the producer's own slot.
+    Queue,
+    /// Every one of `n` subscriptions (true filters).
+    All(usize),
+    /// One of `n`: message k carries `region = 'r<k % n + 1>'` and `amount = 500`, and
+    /// subscription i selects `region = 'r<i>' AND amount > 100`.
+    Routed(usize),
 }
 
 /// Sends messages with a window of unsettled transfers (or pre-settled) and counts what
@@ -103,6 +117,23 @@ async fn produce_inner(
         credit = link_credit(&f, delivery_count).unwrap_or(credit);
     }
     let prefix = message_prefix(ep.durable, plan.size);
+    let routed: Vec<Vec<u8>> = match plan.fanout {
+        Fanout::Routed(n) => (1..=n)
+            .map(|i| routed_prefix(ep.durable, plan.size, Some((&format!("r{i}"), 500))))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // the slots a message counts in once accepted
+    let count_in = |slot: usize, n: u64| match plan.fanout {
+        Fanout::Queue => counts.sent.fetch_add(n, Ordering::Relaxed),
+        Fanout::All(k) => {
+            for q in &shared.queues[..k] {
+                q.sent.fetch_add(n, Ordering::Relaxed);
+            }
+            0
+        }
+        Fanout::Routed(_) => shared.queues[slot].sent.fetch_add(n, Ordering::Relaxed),
+    };
     let mut body = vec![0u8; plan.size];
     let pace = (plan.rate > 0).then(|| Duration::from_secs_f64(1.0 / plan.rate as f64));
     let mut next_due = Instant::now();
@@ -133,8 +164,11 @@ async fn produce_inner(
                     let n = d.last.unwrap_or(d.first).wrapping_sub(d.first) as usize + 1;
                     let n = n.min(unsettled);
                     unsettled -= n;
-                    let warm = warm_marks.drain(..n).filter(|w| *w).count() as u64;
-                    counts.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    let mut warm = 0;
+                    for (w, slot) in warm_marks.drain(..n) {
+                        warm += u64::from(w);
+                        count_in(slot, 1);
+                    }
                     m.total += n as u64;
                     m.measured += warm;
                     m.last_ns = shared.now_ns();
@@ -164,7 +198,12 @@ async fn produce_inner(
                 let t = shared.now_ns();
                 body[..8].copy_from_slice(&t.to_be_bytes());
                 body[8..16].copy_from_slice(&seq.to_be_bytes());
-                encode_transfer(&mut w.wbuf, next_id, plan.presettled, &[&prefix, &body]);
+                let slot = match plan.fanout {
+                    Fanout::Routed(n) => (seq % n as u64) as usize,
+                    _ => plan.queue,
+                };
+                let head = routed.get(slot).unwrap_or(&prefix);
+                encode_transfer(&mut w.wbuf, next_id, plan.presettled, &[head, &body]);
                 let warm = t >= shared.warmup_ns;
                 next_id = next_id.wrapping_add(1);
                 w.next_outgoing_id = w.next_outgoing_id.wrapping_add(1);
@@ -175,13 +214,13 @@ async fn produce_inner(
                     next_due += p;
                 }
                 if plan.presettled {
-                    counts.sent.fetch_add(1, Ordering::Relaxed);
+                    count_in(slot, 1);
                     m.total += 1;
                     m.measured += u64::from(warm);
                     m.last_ns = t;
                 } else {
                     unsettled += 1;
-                    warm_marks.push_back(warm);
+                    warm_marks.push_back((warm, slot));
                 }
             }
         }

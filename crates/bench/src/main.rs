@@ -30,7 +30,7 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 
-use load::{ConsumerPlan, Measured, ProducerPlan, QueueCounts, Shared};
+use load::{ConsumerPlan, Fanout, Measured, ProducerPlan, QueueCounts, Shared};
 use wire::Endpoint;
 
 /// Load generator for AMQP 1.0 brokers.
@@ -46,6 +46,15 @@ struct Opts {
     /// Number of queues.
     #[arg(long, default_value_t = 1)]
     queues: usize,
+    /// Send to the topic `--queue` and receive from its subscriptions `s1` ... `sN`
+    /// (consumer i reads `<queue>/Subscriptions/s<i % N + 1>`); every message reaches every
+    /// subscription unless `--routed`.
+    #[arg(long, default_value_t = 0)]
+    subscriptions: usize,
+    /// With `--subscriptions N`: message k carries `region = 'r<k % N + 1>'` and
+    /// `amount = 500`, for subscriptions whose rule is `region = 'r<i>' AND amount > 100`.
+    #[arg(long)]
+    routed: bool,
     /// Producer connections (0: drain `--count` messages already queued).
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -148,7 +157,9 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
         send_until: o
             .duration
             .map(|d| epoch + warmup + Duration::from_secs_f64(d)),
-        queues: (0..o.queues).map(|_| QueueCounts::default()).collect(),
+        queues: (0..o.queues.max(o.subscriptions))
+            .map(|_| QueueCounts::default())
+            .collect(),
         producers_left: AtomicUsize::new(o.producers),
     });
     if o.producers == 0 {
@@ -166,6 +177,7 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
         None => None,
     };
     let cpu_before = o.broker_pid.and_then(|p| procstat::cpu_seconds(Some(p)));
+    let written_before = o.broker_pid.and_then(procstat::write_bytes);
     let own_before = procstat::cpu_seconds(None);
     let rss = o.broker_pid.map(procstat::RssPeak::start);
     let wall = Instant::now();
@@ -174,7 +186,7 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
     for i in 0..o.consumers {
         let plan = ConsumerPlan {
             address: queue_for(o, i),
-            queue: i % o.queues,
+            queue: i % o.queues.max(o.subscriptions),
             credit: o.credit,
             latency: o.producers > 0,
         };
@@ -186,7 +198,11 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
     let mut producers = Vec::new();
     for i in 0..o.producers {
         let plan = ProducerPlan {
-            address: queue_for(o, i),
+            address: if o.subscriptions > 0 {
+                o.queue.clone()
+            } else {
+                queue_for(o, i)
+            },
             queue: i % o.queues,
             count: if o.duration.is_some() {
                 None
@@ -197,6 +213,11 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
             window: o.window,
             presettled: o.presettled,
             rate: o.rate,
+            fanout: match (o.subscriptions, o.routed) {
+                (0, _) => Fanout::Queue,
+                (n, false) => Fanout::All(n),
+                (n, true) => Fanout::Routed(n),
+            },
         };
         let (ep, shared) = (ep.clone(), shared.clone());
         producers.push(tokio::spawn(async move {
@@ -264,6 +285,10 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
         bench_cpu_us_per_msg,
         commits,
         idle: None,
+        broker_write_bytes: match (written_before, o.broker_pid.and_then(procstat::write_bytes)) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+            _ => None,
+        },
     })
 }
 
@@ -280,6 +305,9 @@ fn rate(ms: &[Measured], warmup_ns: u64) -> f64 {
 }
 
 fn queue_for(o: &Opts, i: usize) -> String {
+    if o.subscriptions > 0 {
+        return format!("{}/Subscriptions/s{}", o.queue, i % o.subscriptions + 1);
+    }
     if o.queues <= 1 {
         o.queue.clone()
     } else {

@@ -27,6 +27,8 @@ pub struct Report {
     pub bench_cpu_us_per_msg: Option<f64>,
     pub commits: Option<Commits>,
     pub idle: Option<IdleReport>,
+    /// Bytes the broker wrote to storage during the run (`/proc/<pid>/io`).
+    pub broker_write_bytes: Option<u64>,
 }
 
 const PERCENTILES: [(&str, f64); 5] = [
@@ -99,6 +101,14 @@ impl Report {
         if let Some(b) = self.bench_cpu_us_per_msg {
             let _ = writeln!(s, "generator CPU {b:.1} us per message moved");
         }
+        if let Some(w) = self.broker_write_bytes.filter(|_| self.sent > 0) {
+            let _ = writeln!(
+                s,
+                "broker wrote {:.1} MiB to storage, {:.0} bytes per message sent",
+                w as f64 / 1048576.0,
+                w as f64 / self.sent as f64
+            );
+        }
         if let Some(c) = self.commits.as_ref().filter(|c| c.count > 0) {
             let _ = writeln!(
                 s,
@@ -121,6 +131,11 @@ impl Report {
             "broker_rss_peak_kib": self.broker_rss_peak_kib,
             "broker_rss_end_kib": self.broker_rss_end_kib,
             "bench_cpu_us_per_msg": self.bench_cpu_us_per_msg,
+            "broker_write_bytes": self.broker_write_bytes,
+            "broker_write_bytes_per_sent": self
+                .broker_write_bytes
+                .filter(|_| self.sent > 0)
+                .map(|b| round(b as f64 / self.sent as f64)),
         });
         if let Some(p) = self.percentiles_ms() {
             let lat: serde_json::Map<String, Value> = p

@@ -444,10 +444,45 @@ impl AcceptRanges {
 /// The encoded message: a header (durable or not) and one data section of `body_len` bytes
 /// whose first 16 bytes the caller fills (send time, sequence).
 pub fn message_prefix(durable: bool, body_len: usize) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16);
+    routed_prefix(durable, body_len, None)
+}
+
+/// [`message_prefix`] with application properties `region` (a string) and `amount` (an int)
+/// between the header and the body, for topics with SQL filters.
+pub fn routed_prefix(durable: bool, body_len: usize, props: Option<(&str, i32)>) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
     m.extend_from_slice(&[0x00, 0x53, 0x70, 0xc0, 0x02, 0x01]);
     m.push(if durable { 0x41 } else { 0x42 });
+    if let Some((region, amount)) = props {
+        let mut entries = vec![0xa1, 6];
+        entries.extend_from_slice(b"region");
+        entries.extend_from_slice(&[0xa1, region.len() as u8]);
+        entries.extend_from_slice(region.as_bytes());
+        entries.extend_from_slice(&[0xa1, 6]);
+        entries.extend_from_slice(b"amount");
+        entries.push(0x71);
+        entries.extend_from_slice(&amount.to_be_bytes());
+        m.extend_from_slice(&[0x00, 0x53, 0x74, 0xc1, (entries.len() + 1) as u8, 4]);
+        m.extend_from_slice(&entries);
+    }
     m.extend_from_slice(&[0x00, 0x53, 0x75, 0xb0]);
     m.extend_from_slice(&(body_len as u32).to_be_bytes());
     m
+}
+
+#[cfg(test)]
+mod routed_tests {
+    use super::*;
+
+    #[test]
+    fn routed_messages_carry_their_properties_in_a_valid_section() {
+        let p = routed_prefix(true, 16, Some(("r7", 500)));
+        let mut msg = p.clone();
+        msg.extend_from_slice(&[0u8; 16]);
+        let s = ferrobus_codec::message::Sections::scan(&msg).expect("sections");
+        let ap = &msg[s.application_properties.expect("application properties")];
+        assert!(ap.windows(2).any(|w| w == b"r7"));
+        assert_eq!(&msg[s.body.expect("body")][..4], &[0x00, 0x53, 0x75, 0xb0]);
+        assert_eq!(routed_prefix(true, 16, None), message_prefix(true, 16));
+    }
 }

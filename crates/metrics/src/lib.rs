@@ -38,10 +38,28 @@ pub struct EntityCounts {
     pub expired_total: u64,
 }
 
+/// Counters of one topic, reported at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct TopicCounts {
+    /// Topic name.
+    pub name: String,
+    /// Messages published to it since start (duplicates left out).
+    pub published: u64,
+    /// Subscription copies written since start.
+    pub copies: u64,
+    /// Time spent evaluating subscription rules since start, in seconds.
+    pub filter_seconds: f64,
+}
+
 /// Something that can list its entities' counts (the broker).
 pub trait EntitySource: Send + Sync {
     /// Counts of every entity, now.
     fn entity_counts(&self) -> Vec<EntityCounts>;
+
+    /// Counters of every topic, now.
+    fn topic_counts(&self) -> Vec<TopicCounts> {
+        Vec::new()
+    }
 
     /// Why the broker cannot store messages any more, if it cannot (`/health` and `/ready`
     /// then answer 503 with the reason).
@@ -53,6 +71,11 @@ pub trait EntitySource: Send + Sync {
 /// The broker's metrics.
 pub struct Metrics {
     registry: Registry,
+    // topic counters, kept by the topics and copied in at scrape time (gauges that only grow,
+    // named `_total` as the counters they are)
+    topic_published: prometheus::GaugeVec,
+    topic_copies: prometheus::GaugeVec,
+    topic_filter_seconds: prometheus::GaugeVec,
     /// Connections accepted.
     pub connections_total: IntCounter,
     /// Connections open now.
@@ -193,6 +216,26 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let topic = |name: &str, help: &str| {
+            let g =
+                prometheus::GaugeVec::new(Opts::new(name, help), &["topic"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let topic_published = topic(
+            "ferrobus_topic_messages_published_total",
+            "Messages published to a topic since start (duplicates left out).",
+        );
+        let topic_copies = topic(
+            "ferrobus_topic_copies_total",
+            "Subscription copies written for a topic's messages since start.",
+        );
+        let topic_filter_seconds = topic(
+            "ferrobus_topic_filter_seconds_total",
+            "Time spent evaluating a topic's subscription rules since start; divided by published messages, the mean per message.",
+        );
         let expired = IntCounterVec::new(
             Opts::new(
                 "ferrobus_messages_expired_total",
@@ -206,6 +249,9 @@ impl Metrics {
             .expect("unique metric");
         Arc::new(Metrics {
             registry,
+            topic_published,
+            topic_copies,
+            topic_filter_seconds,
             expired,
             expired_seen: Default::default(),
             sessions,
@@ -229,6 +275,16 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with entity gauges refreshed.
     pub fn render(&self, entities: &dyn EntitySource) -> String {
+        for t in entities.topic_counts() {
+            let l = [t.name.as_str()];
+            self.topic_published
+                .with_label_values(&l)
+                .set(t.published as f64);
+            self.topic_copies.with_label_values(&l).set(t.copies as f64);
+            self.topic_filter_seconds
+                .with_label_values(&l)
+                .set(t.filter_seconds);
+        }
         for e in entities.entity_counts() {
             let mut seen = self.expired_seen.lock().unwrap_or_else(|p| p.into_inner());
             let last = seen.entry(e.name.clone()).or_default();

@@ -10,7 +10,7 @@ use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition, Role}
 use ferrobus_codec::types::messaging::{
     Accepted, DeliveryState, Modified, Rejected, Released, TargetArchetype,
 };
-use ferrobus_metrics::{EntityCounts, EntitySource, Metrics};
+use ferrobus_metrics::{EntityCounts, EntitySource, Metrics, TopicCounts};
 use ferrobus_session::{
     AttachRequest, Endpoint, Event, IncomingLink, Outbox, OutgoingBody, OutgoingDelivery,
     OutgoingLink, Refusal, Router,
@@ -275,6 +275,21 @@ impl Broker {
 impl EntitySource for Broker {
     fn storage_failure(&self) -> Option<String> {
         self.storage.failure().map(|e| e.to_string())
+    }
+
+    fn topic_counts(&self) -> Vec<TopicCounts> {
+        self.entities
+            .topics()
+            .map(|t| {
+                let s = t.stats();
+                TopicCounts {
+                    name: t.name().to_string(),
+                    published: s.published,
+                    copies: s.copies,
+                    filter_seconds: s.filter_seconds,
+                }
+            })
+            .collect()
     }
 
     fn entity_counts(&self) -> Vec<EntityCounts> {

@@ -10,9 +10,36 @@ use ferrobus_store::MessageView;
 
 use crate::management::SCHEDULED_ENQUEUE_TIME;
 
-/// The view the store's topics use.
+/// The view the store's topics use: nothing is decoded until a filter asks for a property
+/// (a topic whose subscriptions all take everything decodes nothing).
 pub fn view() -> MessageView {
-    std::sync::Arc::new(|payload: &Bytes| Box::new(View::new(payload)))
+    std::sync::Arc::new(|payload: &Bytes| {
+        Box::new(Lazy {
+            payload: payload.clone(),
+            decoded: std::sync::OnceLock::new(),
+        })
+    })
+}
+
+struct Lazy {
+    payload: Bytes,
+    decoded: std::sync::OnceLock<View>,
+}
+
+impl Lazy {
+    fn get(&self) -> &View {
+        self.decoded.get_or_init(|| View::new(&self.payload))
+    }
+}
+
+impl Message for Lazy {
+    fn system(&self, property: SystemProperty) -> Option<Value> {
+        self.get().system(property)
+    }
+
+    fn user(&self, name: &str) -> Option<Value> {
+        self.get().user(name)
+    }
 }
 
 /// One message's properties. A section that does not decode reads as absent (the message

@@ -29,7 +29,9 @@ pub use queue::{
     QueueConfig, QueueStats, ReceiveMode,
 };
 pub use registry::{Entities, ResolveError, Resolved};
-pub use topic::{MessageView, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec};
+pub use topic::{
+    MessageView, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec, TopicStats,
+};
 
 use bytes::Bytes;
 

@@ -12,6 +12,7 @@
 //! provides ([`MessageView`]); the store knows no AMQP.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -255,6 +256,26 @@ pub struct Topic {
     subs: Vec<Arc<Subscription>>,
     view: MessageView,
     state: Mutex<State>,
+    stats: Stats,
+}
+
+/// Counters for metrics.
+#[derive(Default)]
+struct Stats {
+    published: AtomicU64,
+    copies: AtomicU64,
+    filter_ns: AtomicU64,
+}
+
+/// A topic's counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TopicStats {
+    /// Messages published (duplicates left out).
+    pub published: u64,
+    /// Subscription copies written.
+    pub copies: u64,
+    /// Time spent evaluating rules, in seconds.
+    pub filter_seconds: f64,
 }
 
 /// Where one message goes: per subscription, the copies it gets.
@@ -337,6 +358,7 @@ impl Topic {
                 dedup,
                 scheduled,
             }),
+            stats: Stats::default(),
         }))
     }
 
@@ -360,6 +382,15 @@ impl Topic {
         self.storage.as_ref()
     }
 
+    /// Counters since start.
+    pub fn stats(&self) -> TopicStats {
+        TopicStats {
+            published: self.stats.published.load(Ordering::Relaxed),
+            copies: self.stats.copies.load(Ordering::Relaxed),
+            filter_seconds: self.stats.filter_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
     /// Bodies with references left (for tests and metrics).
     pub fn stored_bodies(&self) -> usize {
         self.bodies.len()
@@ -372,6 +403,14 @@ impl Topic {
     /// Which subscriptions take a message, and how (a dead-letter reason for a copy whose rules
     /// failed to evaluate, in a subscription that dead-letters those).
     fn fan_out(&self, payload: &Bytes) -> Fanout {
+        let started = std::time::Instant::now();
+        let out = self.select(payload);
+        let ns = started.elapsed().as_nanos() as u64;
+        self.stats.filter_ns.fetch_add(ns, Ordering::Relaxed);
+        out
+    }
+
+    fn select(&self, payload: &Bytes) -> Fanout {
         let view = (self.view)(payload);
         let mut out = Vec::new();
         for (i, s) in self.subs.iter().enumerate() {
@@ -479,6 +518,10 @@ impl Topic {
         if let Some(seq) = last_seq {
             batch.max(Cf::Meta, keys::last_seq_key(self.id), seq);
         }
+        let published = outcomes
+            .iter()
+            .map(|o| o.as_ref().map_or(0, |s| s.len() as u64))
+            .sum::<u64>();
         if batch.is_empty() {
             return done(Ok(outcomes));
         }
@@ -487,6 +530,10 @@ impl Topic {
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
+                    me.stats.published.fetch_add(published, Ordering::Relaxed);
+                    me.stats
+                        .copies
+                        .fetch_add(staged.len() as u64, Ordering::Relaxed);
                     let mut per_sub: Vec<Vec<Staged>> =
                         me.subs.iter().map(|_| Vec::new()).collect();
                     for (i, s) in staged {
