@@ -45,6 +45,18 @@ impl Sections {
     /// Splits `payload` into its sections. Sections must appear in the order the
     /// specification gives and each at most once (body sections may repeat).
     pub fn scan(payload: &[u8]) -> Result<Self, CodecError> {
+        Self::scan_with(payload, true)
+    }
+
+    /// [`Sections::scan`] for bytes that [`Sections::scan`] accepted before (a stored message
+    /// on its way out): the same boundaries and order checks, without checking every value of
+    /// every section whole again, which would cost each delivery what the message's arrival
+    /// already paid. Decoding a section still goes through [`crate::decode`], which checks it.
+    pub fn scan_stored(payload: &[u8]) -> Result<Self, CodecError> {
+        Self::scan_with(payload, false)
+    }
+
+    fn scan_with(payload: &[u8], check: bool) -> Result<Self, CodecError> {
         let mut s = Sections {
             bare: payload.len()..payload.len(),
             ..Default::default()
@@ -60,6 +72,7 @@ impl Sections {
             // section may be, so it is checked whole (see `value::check_value`)
             let len = match code {
                 0x75..=0x77 => value_len(rest)?,
+                _ if !check => value_len(rest)?,
                 _ => check_value(rest)?,
             };
             let range = pos..pos + len;

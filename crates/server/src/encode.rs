@@ -57,7 +57,7 @@ impl Stamp<'_> {
     /// The whole message, encoded (peek, receive-by-sequence-number, dead-lettered
     /// deliveries). `None` if the stored bytes do not parse (they were checked on the way in).
     pub fn encode(&self, payload: &[u8], delivery_count: u32) -> Option<Bytes> {
-        let sections = Sections::scan(payload).ok()?;
+        let sections = Sections::scan_stored(payload).ok()?;
         let header = HeaderFields::for_delivery(
             sections.header(payload).ok()?.as_ref(),
             delivery_count,

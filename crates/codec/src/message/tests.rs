@@ -66,6 +66,27 @@ fn scan_finds_every_section() {
     assert!(s.header(&bytes).unwrap().unwrap().durable);
     let (count, _) = s.annotation_entries(&bytes).unwrap();
     assert_eq!(count, 2);
+    // a stored message scans to the same sections without its values being checked again
+    let stored = Sections::scan_stored(&bytes).unwrap();
+    assert_eq!(format!("{stored:?}"), format!("{s:?}"));
+}
+
+#[test]
+fn only_the_checked_scan_refuses_sections_nested_too_deep() {
+    // message annotations {"k": 40 nested lists}: well-formed, deeper than decoding allows
+    let mut v = vec![0x45u8];
+    for _ in 0..40 {
+        let mut l = vec![0xc0, (v.len() + 1) as u8, 1];
+        l.extend(&v);
+        v = l;
+    }
+    let mut entries = vec![0xa3, 1, b'k'];
+    entries.extend(&v);
+    let mut bytes = vec![0x00, 0x53, 0x72, 0xc1, (entries.len() + 1) as u8, 2];
+    bytes.extend(&entries);
+    bytes.extend(serde_amqp::to_vec(&Data(Binary::from(vec![1]))).unwrap());
+    assert!(Sections::scan(&bytes).is_err());
+    assert!(Sections::scan_stored(&bytes).is_ok());
 }
 
 #[test]

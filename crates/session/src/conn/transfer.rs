@@ -241,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 owned,
             } => {
                 let mut prefix = BytesMut::with_capacity(128);
-                let bare = match Sections::scan(payload) {
+                let bare = match Sections::scan_stored(payload) {
                     Ok(sections) => match sections
                         .header(payload)
                         .map(|h| HeaderFields::for_delivery(h.as_ref(), *delivery_count, *ttl_ms))
