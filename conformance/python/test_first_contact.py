@@ -24,12 +24,11 @@ the quickstarts get a fresh broker each (`start_broker`), so sequence numbers st
 Run: conformance/python/run test_first_contact.py
 """
 
+import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 import uuid
@@ -40,6 +39,7 @@ from azure.servicebus.amqp import AmqpAnnotatedMessage
 from proton import Endpoint, Message, Timeout, symbol, ulong
 from proton.utils import BlockingConnection, LinkDetached
 
+from brokers import Broker, broker_bin
 from sdk_helpers import MGMT_TIMEOUT, body_of, receive_n, receive_one, receiver, sb_client, sender
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,104 +64,14 @@ SHARED_QUEUES = [
 ]
 
 
-def broker_bin():
-    return os.environ.get("FERROBUS_BIN") or os.path.expanduser("~/.cache/ferrobus/target/release/ferrobus")
-
-
-# ---------------------------------------------------------------------------------------------
-# the shared broker: started as conformance/INTERFACE.md fixes it (a small launcher of our own,
-# since the conftest fixtures are per test)
-# ---------------------------------------------------------------------------------------------
-class SharedBroker:
-    READY = re.compile(r"^READY amqp=(\S+):(\d+) http=(\S+):(\d+)\s*$")
-
-    def __init__(self, workdir, queues):
-        self.workdir = str(workdir)
-        self.config_path = os.path.join(self.workdir, "ferrobus.toml")
-        self.data_dir = os.path.join(self.workdir, "data")
-        self.stderr_path = os.path.join(self.workdir, "stderr.log")
-        os.makedirs(self.data_dir, exist_ok=True)
-        lines = ["[amqp]", "idle_timeout_ms = 120000", "require_sasl = false", "",
-                 "[[auth.keys]]", 'name = "%s"' % ROOT_KEY[0], 'key = "%s"' % ROOT_KEY[1], ""]
-        for q in queues:
-            lines += ["[[queues]]", 'name = "%s"' % q, ""]
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines))
-        self.stdout_lines = []
-        self.proc = None
-        self.amqp_host = None
-        self.amqp_port = None
-
-    def start(self):
-        exe = broker_bin()
-        if not os.path.exists(exe):
-            pytest.fail("ferrobus binary not found: %s (set FERROBUS_BIN)" % exe, pytrace=False)
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [exe, "--config", self.config_path, "--data-dir", self.data_dir,
-             "--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr)
-        ready = threading.Event()
-
-        def pump():
-            for raw in self.proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.stdout_lines.append(line)
-                m = self.READY.match(line)
-                if m and not ready.is_set():
-                    self.amqp_host, self.amqp_port = m.group(1), int(m.group(2))
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
-                pytest.fail("broker did not print READY (exit=%r)\nstdout: %r\nstderr:\n%s"
-                            % (self.proc.returncode, self.stdout_lines, self.stderr_tail()), pytrace=False)
-        return self
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self._stderr.close()
-                return "hung (killed)"
-        self._stderr.close()
-        return self.proc.returncode
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def endpoint(self):          # what sdk_helpers.conn_str needs
-        return "%s:%d" % (self.amqp_host, self.amqp_port)
-
-    @property
-    def amqp_url(self):
-        return "amqp://%s:%d" % (self.amqp_host, self.amqp_port)
-
-    def stderr_tail(self, limit=12000):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                s = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return s if len(s) <= limit else "...\n" + s[-limit:]
-
-
 @pytest.fixture(scope="module")
 def _shared_broker(tmp_path_factory):
-    b = SharedBroker(tmp_path_factory.mktemp("first-contact"), SHARED_QUEUES).start()
+    """One broker for the tests that do not interfere (one queue each)."""
+    b = Broker(tmp_path_factory.mktemp("first-contact"), queues=SHARED_QUEUES,
+               auth_keys=[ROOT_KEY]).start()
     yield b
-    rc = b.stop()
-    assert rc == 0, "shared broker exited with %r on SIGTERM\n%s" % (rc, b.stderr_tail())
+    problems = b.teardown_problems()
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.fixture
@@ -200,6 +110,32 @@ def assert_assigned_id(mid, what):
     assert mid is not None, "%s: the message arrived without a message-id" % what
     assert isinstance(mid, str) and HEX32.fullmatch(mid), \
         "%s: the broker-assigned message-id %r (%s) is not 32 lowercase hex digits" % (what, mid, type(mid).__name__)
+
+
+@contextlib.contextmanager
+def two_connections(b):
+    """The connection under test and a second one that feeds or drains its queue."""
+    conn = pn_connect(b)
+    other = pn_connect(b)
+    try:
+        yield conn, other
+    finally:
+        other.close()
+        conn.close()
+
+
+def send_numbered(snd, prefix, n):
+    for i in range(n):
+        snd.send(Message(body="%s-%d" % (prefix, i)))
+
+
+def receive_bodies(rcv, n):
+    """The bodies of the next n messages, each accepted."""
+    bodies = []
+    for _ in range(n):
+        bodies.append(rcv.receive(timeout=10).body)
+        rcv.accept()
+    return bodies
 
 
 def connection_still_open(conn):
@@ -505,59 +441,39 @@ def receive_spread(receivers, n, timeout=15):
 
 def test_two_proton_receivers_same_name_one_connection(shared):
     q = "pn-two-receivers-same"
-    conn = pn_connect(shared)
-    feeder = pn_connect(shared)
-    try:
+    with two_connections(shared) as (conn, feeder):
         r1 = conn.create_receiver(q)
         assert r1.link.name == "%s-%s" % (conn.container.container_id, q)
         r2, _ = second_same_name_link(conn, r1, lambda: conn.create_receiver(q))
         rcv = r2 or conn.create_receiver(q, name="own-name")
-        snd = feeder.create_sender(q)
-        for i in range(10):
-            snd.send(Message(body="same-rcv-%d" % i))
+        send_numbered(feeder.create_sender(q), "same-rcv", 10)
         per = receive_spread([rcv], 10)
         assert per[0] == ["same-rcv-%d" % i for i in range(10)], "received: %r" % per
         pn_expect_empty(rcv, 0.3)
         connection_still_open(conn)
-    finally:
-        feeder.close()
-        conn.close()
 
 
 def test_two_proton_senders_same_name_one_connection(shared):
     q = "pn-two-senders-same"
-    conn = pn_connect(shared)
-    drainer = pn_connect(shared)
-    try:
+    with two_connections(shared) as (conn, drainer):
         s1 = conn.create_sender(q)
         s1.send(Message(body="before"))
         s2, _ = second_same_name_link(conn, s1, lambda: conn.create_sender(q))
         snd = s2 or conn.create_sender(q, name="own-name")
-        for i in range(10):                    # send() waits for `accepted` (raises otherwise)
-            snd.send(Message(body="same-snd-%d" % i))
+        send_numbered(snd, "same-snd", 10)    # send() waits for `accepted` (raises otherwise)
         connection_still_open(conn)
         rcv = drainer.create_receiver(q, credit=20)
-        bodies = []
-        for _ in range(11):
-            bodies.append(rcv.receive(timeout=10).body)
-            rcv.accept()
+        bodies = receive_bodies(rcv, 11)
         assert bodies == ["before"] + ["same-snd-%d" % i for i in range(10)]
         pn_expect_empty(rcv, 0.3)
-    finally:
-        drainer.close()
-        conn.close()
 
 
 def test_two_proton_receivers_distinct_names_one_connection(shared):
     q = "pn-two-receivers-distinct"
-    conn = pn_connect(shared)
-    feeder = pn_connect(shared)
-    try:
+    with two_connections(shared) as (conn, feeder):
         r1 = conn.create_receiver(q, name="first")
         r2 = conn.create_receiver(q, name="second")
-        snd = feeder.create_sender(q)
-        for i in range(10):
-            snd.send(Message(body="two-rcv-%d" % i))
+        send_numbered(feeder.create_sender(q), "two-rcv", 10)
         per = receive_spread([r1, r2], 10)
         assert sorted(per[0] + per[1]) == sorted("two-rcv-%d" % i for i in range(10)), \
             "received across the two receivers: %r" % per
@@ -565,16 +481,11 @@ def test_two_proton_receivers_distinct_names_one_connection(shared):
         pn_expect_empty(r1, 0.3)
         pn_expect_empty(r2, 0.3)
         connection_still_open(conn)
-    finally:
-        feeder.close()
-        conn.close()
 
 
 def test_two_proton_senders_distinct_names_one_connection(shared):
     q = "pn-two-senders-distinct"
-    conn = pn_connect(shared)
-    drainer = pn_connect(shared)
-    try:
+    with two_connections(shared) as (conn, drainer):
         s1 = conn.create_sender(q, name="first")
         s2 = conn.create_sender(q, name="second")
         for i in range(5):
@@ -582,15 +493,9 @@ def test_two_proton_senders_distinct_names_one_connection(shared):
             s2.send(Message(body="s2-%d" % i))
         connection_still_open(conn)
         rcv = drainer.create_receiver(q, credit=10)
-        bodies = []
-        for _ in range(10):
-            bodies.append(rcv.receive(timeout=10).body)
-            rcv.accept()
+        bodies = receive_bodies(rcv, 10)
         assert bodies == [x for i in range(5) for x in ("s1-%d" % i, "s2-%d" % i)]
         pn_expect_empty(rcv, 0.3)
-    finally:
-        drainer.close()
-        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -353,3 +353,49 @@ def test_kill_during_fan_out_keeps_every_accepted_message_where_it_matched(start
         assert all_numbers("vip") == [] and all_numbers("blue") == []
     finally:
         c.close()
+
+
+def test_rule_actions_from_the_config_change_only_their_copy(start_broker):
+    """A rule with an action makes a copy of its own, changed, with RuleName; a plain rule of the
+    same subscription still gives the unchanged copy, and other subscriptions are untouched."""
+    toml = """
+[[topics]]
+name = "acts"
+[[topics.subscriptions]]
+name = "plain"
+[[topics.subscriptions]]
+name = "tagged"
+[[topics.subscriptions.rules]]
+name = "keep"
+sql = "amount > 100"
+[[topics.subscriptions.rules]]
+name = "tag"
+sql = "amount > 100"
+action = "SET sys.Label = 'big-' + color; SET tier = 'gold'; REMOVE secret"
+"""
+    b = start_broker(extra_toml=toml)
+    c = sb_client(b)
+    try:
+        with topic_sender(c, "acts") as s:
+            s.send_messages(ServiceBusMessage("payload", subject="orig", message_id="m-1",
+                                              application_properties={"amount": 500, "color": "red",
+                                                                      "secret": "s"}),
+                            timeout=SEND_TIMEOUT)
+        with sub_receiver(c, "acts", "tagged") as r:
+            got = receive_n(r, 2)
+            assert len(got) == 2
+            for m in got:
+                r.complete_message(m)
+        by_rule = {app_props(m).get("RuleName"): m for m in got}
+        assert set(by_rule) == {None, "tag"}, [app_props(m) for m in got]
+        changed, plain = by_rule["tag"], by_rule[None]
+        assert changed.subject == "big-red" and changed.message_id == "m-1"
+        assert app_props(changed)["tier"] == "gold" and "secret" not in app_props(changed)
+        assert body_of(changed) == b"payload"
+        assert plain.subject == "orig" and app_props(plain)["secret"] == "s"
+        with sub_receiver(c, "acts", "plain") as r:
+            (m,) = receive_n(r, 1)
+            assert m.subject == "orig" and "RuleName" not in app_props(m)
+            r.complete_message(m)
+    finally:
+        c.close()

@@ -172,9 +172,24 @@ test('the rule manager lists, creates and deletes rules, and they take effect at
   });
   await assert.rejects(rm.deleteRule('nope'), /nope/);
   await assert.rejects(rm.createRule('bad', { sqlExpression: 'amount >' }), /position/);
-  await assert.rejects(rm.createRule('act', { sqlExpression: '1=1' }, { sqlExpression: 'SET x = 1' }),
-    /not supported yet/);
   assert.deepEqual((await listRules(rm)).map((r) => r.name), ['big', 'gold']);
+
+  // a rule with an action: its copy carries the changes and the rule's name
+  await rm.createRule('act', { sqlExpression: 'amount = 7' },
+    { sqlExpression: "SET tag = 'seven'; SET sys.Label = 'relabelled'; REMOVE drop" });
+  const act = (await listRules(rm)).find((r) => r.name === 'act');
+  assert.equal(act.action.sqlExpression, "SET tag = 'seven'; SET sys.Label = 'relabelled'; REMOVE drop");
+  const s2 = sb.createSender('js-rules');
+  await s2.sendMessages({ body: 'seven', subject: 'original', applicationProperties: { amount: 7, drop: 'x' } });
+  await s2.close();
+  const [copy] = await drain('js-rules', 'all', 1);
+  assert.equal(copy.body, 'seven');
+  assert.equal(copy.subject, 'relabelled');
+  assert.equal(copy.applicationProperties.tag, 'seven');
+  assert.equal(copy.applicationProperties.RuleName, 'act');
+  assert.equal(copy.applicationProperties.amount, 7);
+  assert.equal(copy.applicationProperties.drop, undefined);
+  await assert.rejects(rm.createRule('badact', { sqlExpression: '1=1' }, { sqlExpression: 'SET x =' }), /position/);
 });
 
 test('rules added at runtime survive a restart', async () => {

@@ -235,14 +235,33 @@ pub fn encode_bare_with_properties(
     sections: &Sections,
     extra: &[(&str, AnnotationValue)],
 ) -> Result<(), CodecError> {
-    if let Some(p) = &sections.properties {
-        out.put_slice(&payload[p.clone()]);
+    encode_bare_edited(out, payload, sections, None, extra, &[], |a, b| a == b)
+}
+
+/// Writes the bare message of `payload` edited: the properties section replaced by
+/// `properties` (an encoded section) when given; application properties named in `set`
+/// written with their values first, those named in `remove` left out, the others kept as the
+/// producer's bytes; body and footer unchanged. `same` decides whether two property names are
+/// the same name. Used for dead-lettered copies and for the copies rule actions change.
+pub fn encode_bare_edited(
+    out: &mut BytesMut,
+    payload: &[u8],
+    sections: &Sections,
+    properties: Option<&[u8]>,
+    set: &[(&str, AnnotationValue)],
+    remove: &[&str],
+    same: impl Fn(&str, &str) -> bool,
+) -> Result<(), CodecError> {
+    match (properties, &sections.properties) {
+        (Some(p), _) => out.put_slice(p),
+        (None, Some(p)) => out.put_slice(&payload[p.clone()]),
+        (None, None) => {}
     }
     out.put_slice(&[0x00, 0x53, 0x74, 0xd1]);
     let size_at = out.len();
     out.put_slice(&[0; 8]);
     let mut count = 0u32;
-    for (k, v) in extra {
+    for (k, v) in set {
         put_str(out, 0xa1, 0xb1, k.as_bytes());
         v.encode(out);
         count += 2;
@@ -255,7 +274,10 @@ pub fn encode_bare_with_properties(
             let kl = value_len(rest)?;
             let vl = value_len(&rest[kl..])?;
             let key = symbol_text(&rest[..kl]);
-            if !key.is_some_and(|k| extra.iter().any(|(e, _)| *e == k)) {
+            let dropped = key.is_some_and(|k| {
+                set.iter().any(|(e, _)| same(e, k)) || remove.iter().any(|e| same(e, k))
+            });
+            if !dropped {
                 out.put_slice(&rest[..kl + vl]);
                 count += 2;
             }
@@ -277,6 +299,12 @@ pub fn encode_bare_with_properties(
 /// A value the broker writes into the message annotations.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnnotationValue {
+    /// AMQP `null`.
+    Null,
+    /// AMQP `boolean`.
+    Bool(bool),
+    /// AMQP `double`.
+    Double(f64),
     /// AMQP `long`.
     Long(i64),
     /// AMQP `int`.
@@ -292,6 +320,12 @@ pub enum AnnotationValue {
 impl AnnotationValue {
     fn encode(&self, out: &mut BytesMut) {
         match self {
+            AnnotationValue::Null => out.put_u8(0x40),
+            AnnotationValue::Bool(b) => out.put_u8(if *b { 0x41 } else { 0x42 }),
+            AnnotationValue::Double(v) => {
+                out.put_u8(0x82);
+                out.put_f64(*v);
+            }
             AnnotationValue::Long(v) => {
                 out.put_u8(0x81);
                 out.put_i64(*v);

@@ -15,6 +15,7 @@ mod listen;
 mod management;
 mod message_id;
 mod nodes;
+mod rule_action;
 mod rule_ops;
 mod sas;
 mod tls;
@@ -188,8 +189,14 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
         })
         .collect();
     let topics = topology::topic_specs(&cfg.topics)?;
-    let entities = Entities::open_all(storage.clone(), &queues, &topics, filter_view::view())
-        .context("opening the entities")?;
+    let entities = Entities::open_all(
+        storage.clone(),
+        &queues,
+        &topics,
+        filter_view::view(),
+        rule_action::rewriter(),
+    )
+    .context("opening the entities")?;
     let keys = Arc::new(cfg.auth.keys);
     let grants = cbs::Grants::default();
     let broker = Arc::new(broker::Broker {

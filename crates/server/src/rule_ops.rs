@@ -6,20 +6,24 @@
 //! descriptors (rule description `0x0000013700000004`: `[filter, action, name]`; filters
 //! `0x000000137000000{6,7,8,9}` for SQL, true, false and correlation; actions
 //! `0x000001370000000{5,6}` for none and SQL). Everything the broker sends back is built from
-//! typed values it owns, never a value a peer sent.
+//! typed values it owns, never a value a peer sent. An action's copies are made by
+//! `rule_action.rs`.
 
 use std::sync::Arc;
 
 use ferrobus_codec::serde_amqp::described::Described;
 use ferrobus_codec::serde_amqp::descriptor::Descriptor;
 use ferrobus_codec::types::primitives::{OrderedMap, Timestamp, Uuid, Value};
-use ferrobus_filter::{CorrelationFilter, Filter, Parameters, Rule, Value as FilterValue};
+use ferrobus_filter::{
+    CorrelationFilter, Filter, Parameters, Rule, SqlAction, Value as FilterValue,
+};
 use ferrobus_store::{Subscription, Topic};
 
 use crate::management::{field, from_store, int, map, text, Failure, Reply};
 
 const RULE_DESCRIPTION: u64 = 0x0000_0137_0000_0004;
 const EMPTY_ACTION: u64 = 0x0000_0137_0000_0005;
+const SQL_ACTION: u64 = 0x0000_0137_0000_0006;
 const SQL_FILTER: u64 = 0x0000_0013_7000_0006;
 const TRUE_FILTER: u64 = 0x0000_0013_7000_0007;
 const FALSE_FILTER: u64 = 0x0000_0013_7000_0008;
@@ -56,16 +60,13 @@ fn rule_of(body: &Value) -> Result<Rule, Failure> {
         .filter(|d| matches!(d, Value::Map(_)))
         .ok_or_else(|| Failure::bad("rule-description must be a map"))?;
     let present = |k: &str| field(desc, k).filter(|v| !matches!(v, Value::Null));
-    if let Some(action) = present("sql-rule-action") {
-        let expr = text(field(action, "expression")).unwrap_or_default();
-        if !expr.trim().is_empty() {
-            return Err(Failure(
-                501,
-                "amqp:not-implemented",
-                format!("rule '{name}': rule actions (SET / REMOVE) are not supported yet"),
-            ));
-        }
-    }
+    let action = match present("sql-rule-action").and_then(|a| text(field(a, "expression"))) {
+        Some(expr) if !expr.trim().is_empty() => Some(
+            SqlAction::parse(&expr, &Parameters::new())
+                .map_err(|e| Failure::bad(format!("rule '{name}': action {expr:?}: {e}")))?,
+        ),
+        _ => None,
+    };
     let filter = match (present("sql-filter"), present("correlation-filter")) {
         (Some(sql), None) => {
             let expr = text(field(sql, "expression"))
@@ -91,7 +92,7 @@ fn rule_of(body: &Value) -> Result<Rule, Failure> {
     Ok(Rule {
         name,
         filter,
-        action: None,
+        action,
     })
 }
 
@@ -206,7 +207,12 @@ fn enumerate(rules: &[Rule], body: &Value) -> Option<Value> {
                 RULE_DESCRIPTION,
                 vec![
                     filter_description(&r.filter),
-                    described(EMPTY_ACTION, vec![]),
+                    match &r.action {
+                        Some(a) => {
+                            described(SQL_ACTION, vec![Value::String(a.expression().to_string())])
+                        }
+                        None => described(EMPTY_ACTION, vec![]),
+                    },
                     Value::String(r.name.clone()),
                 ],
             );

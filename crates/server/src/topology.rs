@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ferrobus_filter::{CorrelationFilter, Filter, Parameters, Rule, Value};
+use ferrobus_filter::{CorrelationFilter, Filter, Parameters, Rule, SqlAction, Value};
 use ferrobus_store::{QueueConfig, SubscriptionConfig, TopicConfig, TopicSpec};
 use serde::Deserialize;
 
@@ -71,7 +71,7 @@ pub struct RuleDecl {
     pub name: String,
     /// A SQL filter expression.
     pub sql: Option<String>,
-    /// A SQL rule action (`SET` / `REMOVE`): not supported yet, refused at start-up.
+    /// A SQL rule action (`SET` / `REMOVE` statements) for the copies this rule selects.
     pub action: Option<String>,
     pub correlation_id: Option<String>,
     pub message_id: Option<String>,
@@ -136,12 +136,13 @@ impl RuleDecl {
             anyhow::bail!("configuration: {at}: a rule needs a name");
         }
         let at = format!("{at}.rules.{}", self.name);
-        if self.action.is_some() {
-            anyhow::bail!(
-                "configuration: {at}: rule actions (SET / REMOVE) are not supported yet; \
-                 remove `action` or give the copy's properties another way"
-            );
-        }
+        let action = match &self.action {
+            Some(a) => Some(
+                SqlAction::parse(a, &Parameters::default())
+                    .map_err(|e| anyhow::anyhow!("configuration: {at}: action {a:?}: {e}"))?,
+            ),
+            None => None,
+        };
         let filter = match (&self.sql, self.correlation()) {
             (Some(_), Some(_)) => anyhow::bail!(
                 "configuration: {at}: a rule has either a SQL filter (`sql`) or correlation fields, not both"
@@ -154,7 +155,7 @@ impl RuleDecl {
         Ok(Rule {
             name: self.name.clone(),
             filter,
-            action: None,
+            action,
         })
     }
 }
@@ -309,11 +310,11 @@ mod tests {
             [[topics.subscriptions.rules]]
             name = "a"
             sql = "1=1"
-            action = "SET x = 1"
+            action = "SET x ="
             "#,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("rule actions"), "{e}");
+        assert!(e.contains("rules.a: action"), "{e}");
     }
 }

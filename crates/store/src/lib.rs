@@ -30,7 +30,8 @@ pub use queue::{
 };
 pub use registry::{Entities, ResolveError, Resolved};
 pub use topic::{
-    MessageView, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec, TopicStats,
+    MessageView, Rewrite, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec,
+    TopicStats,
 };
 
 use bytes::Bytes;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::keys;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
-use crate::topic::{MessageView, Subscription, Topic, TopicSpec};
+use crate::topic::{MessageView, Rewrite, Subscription, Topic, TopicSpec};
 use crate::StoreError;
 
 /// The suffix that names a queue's dead-letter sub-queue (matched case-insensitively).
@@ -48,7 +48,7 @@ impl Entities {
         storage: Arc<dyn Storage>,
         queues: &[(String, QueueConfig)],
     ) -> Result<Self, StoreError> {
-        Self::open_all(storage, queues, &[], no_view())
+        Self::open_all(storage, queues, &[], no_view(), no_rewrite())
     }
 
     /// Opens the configured queues and topics (with their subscriptions) over `storage`, as
@@ -58,6 +58,7 @@ impl Entities {
         queues: &[(String, QueueConfig)],
         topics: &[TopicSpec],
         view: MessageView,
+        rewrite: Rewrite,
     ) -> Result<Self, StoreError> {
         let (lo, hi) = keys::entity_range();
         let mut ids: HashMap<String, u64> = HashMap::new();
@@ -113,7 +114,15 @@ impl Entities {
                 let sub_key = claim(&path)?;
                 subs.push((path, id_of(&sub_key, &mut batch), config.clone()));
             }
-            let topic = Topic::open(spec, id, subs, storage.clone(), view.clone(), &mut batch)?;
+            let topic = Topic::open(
+                spec,
+                id,
+                subs,
+                storage.clone(),
+                view.clone(),
+                rewrite.clone(),
+                &mut batch,
+            )?;
             for s in topic.subscriptions() {
                 map.insert(s.path.to_ascii_lowercase(), s.queue.clone());
             }
@@ -176,6 +185,11 @@ impl Entities {
     pub fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
         self.topics.values()
     }
+}
+
+/// A rewriter for stores without topics: nothing to rewrite.
+fn no_rewrite() -> Rewrite {
+    Arc::new(|_, rule, _| Err(format!("rule '{rule}': no rule actions here")))
 }
 
 /// A view for stores without topics: no properties.

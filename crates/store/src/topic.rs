@@ -33,6 +33,11 @@ pub const FILTER_EVALUATION_FAILED: &str = "FilterEvaluationException";
 /// How the topic's filters see a message: built by the broker from the producer's bytes.
 pub type MessageView = Arc<dyn Fn(&Bytes) -> Box<dyn ferrobus_filter::Message> + Send + Sync>;
 
+/// The copy a rule action makes of a message: the producer's bytes, the rule's name and the
+/// changes its action computed, to a new encoding (the broker's; the store knows no AMQP).
+pub type Rewrite =
+    Arc<dyn Fn(&Bytes, &str, &[ferrobus_filter::Change]) -> Result<Bytes, String> + Send + Sync>;
+
 /// Per-topic settings.
 #[derive(Debug, Clone)]
 pub struct TopicConfig {
@@ -255,6 +260,7 @@ pub struct Topic {
     bodies: Arc<SharedBodies>,
     subs: Vec<Arc<Subscription>>,
     view: MessageView,
+    rewrite: Rewrite,
     state: Mutex<State>,
     stats: Stats,
 }
@@ -278,8 +284,18 @@ pub struct TopicStats {
     pub filter_seconds: f64,
 }
 
+/// One copy of a message for a subscription.
+enum CopyKind {
+    /// The producer's bytes, in the topic's shared body.
+    Shared,
+    /// A copy a rule action changed: bytes of its own.
+    Changed(Bytes),
+    /// Straight to the dead-letter sub-queue (a rule failed), sharing the body.
+    Dead(String, String),
+}
+
 /// Where one message goes: per subscription, the copies it gets.
-type Fanout = Vec<(usize, Option<(String, String)>)>;
+type Fanout = Vec<(usize, CopyKind)>;
 
 impl Topic {
     /// Opens the topic with id `id` and its subscriptions (each with its own id), recovering
@@ -290,17 +306,12 @@ impl Topic {
         subs: Vec<(String, u64, SubscriptionConfig)>,
         storage: Arc<dyn Storage>,
         view: MessageView,
+        rewrite: Rewrite,
         rules_batch: &mut Batch,
     ) -> Result<Arc<Topic>, StoreError> {
         let bodies = Arc::new(SharedBodies::default());
         let mut opened = Vec::with_capacity(subs.len());
         for (path, sub_id, c) in subs {
-            if let Some(r) = c.rules.iter().find(|r| r.action.is_some()) {
-                return Err(StoreError::Invalid(format!(
-                    "subscription '{path}': rule '{}' has an action; rule actions are not supported yet",
-                    r.name
-                )));
-            }
             // the topic's size limit holds for each subscription; duplicates are the topic's
             let config = QueueConfig {
                 max_size_bytes: spec.config.max_size_bytes,
@@ -353,6 +364,7 @@ impl Topic {
             bodies,
             subs: opened,
             view,
+            rewrite,
             state: Mutex::new(State {
                 next_seq,
                 dedup,
@@ -416,14 +428,29 @@ impl Topic {
         for (i, s) in self.subs.iter().enumerate() {
             let rules = s.rules();
             let sel = select(&rules, view.as_ref());
-            for _ in 0..sel.copies() {
-                out.push((i, None));
+            let mut failed: Option<String> = sel
+                .errors
+                .first()
+                .map(|(rule, e)| format!("rule '{}' could not be evaluated: {e}", rule.name));
+            let mut copies = 0;
+            if sel.plain {
+                out.push((i, CopyKind::Shared));
+                copies += 1;
             }
-            if sel.copies() == 0 && s.dead_letter_on_filter_errors {
-                if let Some((rule, e)) = sel.errors.first() {
-                    let why = format!("rule '{}' could not be evaluated: {e}", rule.name);
-                    out.push((i, Some((FILTER_EVALUATION_FAILED.to_string(), why))));
+            for (rule, changes) in &sel.with_actions {
+                match (self.rewrite)(payload, &rule.name, changes) {
+                    Ok(bytes) => {
+                        out.push((i, CopyKind::Changed(bytes)));
+                        copies += 1;
+                    }
+                    Err(e) => {
+                        failed
+                            .get_or_insert(format!("rule '{}': its action failed: {e}", rule.name));
+                    }
                 }
+            }
+            if let (0, true, Some(why)) = (copies, s.dead_letter_on_filter_errors, failed) {
+                out.push((i, CopyKind::Dead(FILTER_EVALUATION_FAILED.to_string(), why)));
             }
         }
         out
@@ -485,15 +512,28 @@ impl Topic {
                         expires_ms: expires.unwrap_or(0),
                         payload: m.payload,
                     };
-                    batch.put(Cf::Body, keys::body_key(self.id, tseq), body.encode());
-                    let n = fanout.len() as u32;
-                    self.bodies.retain(body_at, n);
-                    retained.push((body_at, n));
+                    // copies an action changed have bodies of their own
+                    let n = fanout
+                        .iter()
+                        .filter(|(_, k)| !matches!(k, CopyKind::Changed(_)))
+                        .count() as u32;
+                    if n > 0 {
+                        batch.put(Cf::Body, keys::body_key(self.id, tseq), body.encode());
+                        self.bodies.retain(body_at, n);
+                        retained.push((body_at, n));
+                    }
                     let mut copies = Vec::new();
-                    for (i, dead_letter) in fanout {
+                    for (i, kind) in fanout {
+                        let (shared, payload, dead_letter) = match kind {
+                            CopyKind::Shared => (Some(body_at), body.payload.clone(), None),
+                            CopyKind::Changed(bytes) => (None, bytes, None),
+                            CopyKind::Dead(r, d) => {
+                                (Some(body_at), body.payload.clone(), Some((r, d)))
+                            }
+                        };
                         let copy = Copy {
-                            body: body_at,
-                            payload: body.payload.clone(),
+                            body: shared,
+                            payload,
                             enqueued_ms: now,
                             expires_ms: expires,
                             scheduled_ms: if dead_letter.is_some() { None } else { at },

@@ -1,13 +1,14 @@
 //! How a subscription's rules are stored: name, filter (true, false, SQL text with its
-//! parameters, or correlation fields and properties) and no action (rules with actions are
-//! refused before they get here). Version byte first; strings are u32-length-prefixed UTF-8.
+//! parameters, or correlation fields and properties) and the action's text, if any. Version
+//! byte first (1: no action field, written before actions existed); strings are
+//! u32-length-prefixed UTF-8.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferrobus_filter::{CorrelationFilter, Filter, Parameters, Rule, SqlFilter, Value};
+use ferrobus_filter::{CorrelationFilter, Filter, Parameters, Rule, SqlAction, SqlFilter, Value};
 
 use crate::StoreError;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Encodes a rule.
 pub fn encode_rule(rule: &Rule) -> Bytes {
@@ -45,6 +46,13 @@ pub fn encode_rule(rule: &Rule) -> Bytes {
             }
         }
     }
+    match &rule.action {
+        None => b.put_u8(0),
+        Some(a) => {
+            b.put_u8(1);
+            put_str(&mut b, a.expression());
+        }
+    }
     b.freeze()
 }
 
@@ -64,7 +72,8 @@ fn correlation_fields(c: &CorrelationFilter) -> [&Option<String>; 8] {
 /// Decodes a rule (its SQL parsed again).
 pub fn decode_rule(v: &[u8]) -> Result<Rule, StoreError> {
     let mut r = Reader { v, pos: 0 };
-    if r.u8()? != VERSION {
+    let version = r.u8()?;
+    if version != 1 && version != VERSION {
         return Err(bad());
     }
     let name = r.string()?;
@@ -112,13 +121,23 @@ pub fn decode_rule(v: &[u8]) -> Result<Rule, StoreError> {
         }
         _ => return Err(bad()),
     };
+    let action = match (version, if version == 1 { 0 } else { r.u8()? }) {
+        (_, 0) => None,
+        (_, 1) => {
+            let text = r.string()?;
+            let a = SqlAction::parse(&text, &Parameters::new())
+                .map_err(|e| StoreError::Corrupt(format!("stored rule '{name}': {e}")))?;
+            Some(a)
+        }
+        _ => return Err(bad()),
+    };
     if r.pos != v.len() {
         return Err(bad());
     }
     Ok(Rule {
         name,
         filter,
-        action: None,
+        action,
     })
 }
 
@@ -238,7 +257,7 @@ mod tests {
             Rule {
                 name: "never".into(),
                 filter: Filter::False,
-                action: None,
+                action: Some(SqlAction::parse("SET a = 1; REMOVE b", &Parameters::new()).unwrap()),
             },
             Rule {
                 name: "sql".into(),
@@ -269,5 +288,10 @@ mod tests {
             assert!(decode_rule(&enc[..enc.len() - 1]).is_err());
         }
         assert!(decode_rule(&[9, 0, 0, 0, 0, 0]).is_err());
+        // a record written before actions existed (version 1, no action field)
+        let mut v1 = encode_rule(&Rule::default_rule()).to_vec();
+        v1[0] = 1;
+        v1.pop();
+        assert_eq!(decode_rule(&v1).unwrap(), Rule::default_rule());
     }
 }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Entry, Lane, Queue, LANE_ACTIVE, LANE_DEAD, LANE_SCHEDULED};
-use crate::keys::{self, RefRecord};
+use crate::keys::{self, BodyRecord, RefRecord};
 use crate::storage::{Batch, Cf};
 use crate::{Message, StoreError};
 
 /// One copy of a topic's message for a subscription.
 #[derive(Debug, Clone)]
 pub(crate) struct Copy {
-    /// Where the body is (topic id, topic sequence number).
-    pub body: (u64, u64),
+    /// Where the body is (topic id, topic sequence number); `None`: the copy has a body of its
+    /// own (a rule action changed it), written with it at the subscription's id.
+    pub body: Option<(u64, u64)>,
     pub payload: Bytes,
     pub enqueued_ms: i64,
     /// When the topic's message expires, if it does.
@@ -95,11 +96,19 @@ impl Queue {
                     expires_ms,
                     payload: c.payload,
                 }),
-                shared: Some(c.body),
+                shared: c.body,
                 delivery_count: 0,
                 dead_letter_reason: reason,
                 dead_letter_description: description,
             };
+            if c.body.is_none() {
+                let own = BodyRecord {
+                    enqueued_ms: c.enqueued_ms,
+                    expires_ms: expires_ms.unwrap_or(0),
+                    payload: entry.msg.payload.clone(),
+                };
+                batch.put(Cf::Body, keys::body_key(self.id, seq), own.encode());
+            }
             let r = RefRecord {
                 scheduled_ms: c.scheduled_ms,
                 ..entry.ref_record()

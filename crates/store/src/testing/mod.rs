@@ -80,19 +80,32 @@ pub fn sync_enqueue(q: &Arc<Queue>, bodies: &[&[u8]]) -> Vec<u64> {
 /// Attaches a peek-lock consumer to `q`'s main lane with `credit` and returns it with the
 /// sequence numbers and delivery counts it was handed.
 pub fn take_counted(q: &Arc<Queue>, credit: u32) -> (ConsumerHandle, Vec<(u64, u32)>) {
-    let r = Arc::new(Recorder::default());
-    let c = q.add_consumer(
+    let (c, r) = consumer(
+        q,
         crate::queue::Lane::Main,
         crate::queue::ReceiveMode::PeekLock,
-        r.clone(),
+        credit,
     );
-    c.flow(0, credit, false);
     let got = r
         .take()
         .iter()
         .map(|d| (d.message.seq, d.delivery_count))
         .collect();
     (c, got)
+}
+
+/// Registers a consumer on `lane` of `q` and gives it `credit`; returns it with the recorder
+/// of what it was handed.
+pub fn consumer(
+    q: &Arc<Queue>,
+    lane: crate::queue::Lane,
+    mode: crate::queue::ReceiveMode,
+    credit: u32,
+) -> (ConsumerHandle, Arc<Recorder>) {
+    let r = Arc::new(Recorder::default());
+    let c = q.add_consumer(lane, mode, r.clone());
+    c.flow(0, credit, false);
+    (c, r)
 }
 
 pub fn sync_settle(c: &ConsumerHandle, d: &Delivery, o: Outcome) -> Result<(), StoreError> {
@@ -132,9 +145,7 @@ macro_rules! store_suite {
             let (_s, q) = fresh();
             assert_eq!(sync_enqueue(&q, &[b"a", b"b"]), vec![1, 2]);
             assert_eq!(sync_enqueue(&q, &[b"c"]), vec![3]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (_c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             let d = r.take();
             let bodies: Vec<_> = d.iter().map(|d| &d.message.payload[..]).collect();
             assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
@@ -147,9 +158,7 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             sync_enqueue(&q, &[b"1", b"2", b"3", b"4", b"5"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 2, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 2);
             assert_eq!(r.take().len(), 2);
             // the receiver has seen 1 of the 2 and grants 2 more from there: 1 new delivery
             c.flow(1, 2, false);
@@ -181,9 +190,7 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (_s, q) = fresh();
             sync_enqueue(&q, &[b"done", b"rel", b"ab", b"def", b"dl"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 5, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 5);
             let d = r.take();
             sync_settle(&c, &d[0], Outcome::Complete).unwrap();
             sync_settle(&c, &d[1], Outcome::Release).unwrap();
@@ -231,9 +238,7 @@ macro_rules! store_suite {
                 ..Default::default()
             });
             sync_enqueue(&q, &[b"x"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             let d = r.take().remove(0);
             sync_settle(&c, &d, Outcome::Abandon).unwrap();
             let d = r.take().remove(0);
@@ -256,9 +261,8 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::ReceiveAndDelete, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) =
+                $crate::testing::consumer(&q, Lane::Main, ReceiveMode::ReceiveAndDelete, 10);
             let d = r.take();
             assert_eq!(d.len(), 2);
             assert!(d.iter().all(|d| d.lock.is_none()));
@@ -298,15 +302,11 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             assert_eq!(r.take().len(), 2);
             c.close();
             barrier(s.as_ref());
-            let r2 = Arc::new(Recorder::default());
-            let c2 = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
-            c2.flow(0, 10, false);
+            let (_c2, r2) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             let d = r2.take();
             let got: Vec<(u64, u32)> = d
                 .iter()
@@ -320,9 +320,7 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b", b"c", b"d"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 4, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 4);
             let d = r.take();
             sync_settle(&c, &d[0], Outcome::Complete).unwrap();
             sync_settle(&c, &d[1], Outcome::Abandon).unwrap();
@@ -344,9 +342,7 @@ macro_rules! store_suite {
             assert_eq!((st.active, st.deferred, st.dead_lettered), (1, 1, 1));
             assert_eq!(st.bytes, 3);
             assert_eq!(sync_enqueue(&q2, &[b"e"]), vec![5]);
-            let r2 = Arc::new(Recorder::default());
-            let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
-            c2.flow(0, 10, false);
+            let (_c2, r2) = $crate::testing::consumer(&q2, Lane::Main, ReceiveMode::PeekLock, 10);
             let got: Vec<(u64, u32)> = r2
                 .take()
                 .iter()
@@ -421,9 +417,8 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::ReceiveAndDelete, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) =
+                $crate::testing::consumer(&q, Lane::Main, ReceiveMode::ReceiveAndDelete, 10);
             assert_eq!(r.take().len(), 2);
             drop(c);
             drop(q);
@@ -437,16 +432,12 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"locked", b"waiting"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 1, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 1);
             assert_eq!(r.take().len(), 1);
             let _crashed = (c, q); // the broker dies with the lock held
             barrier(s.as_ref()); // the delivery count is written in the background
             let q2 = open(&s, QueueConfig::default());
-            let r2 = Arc::new(Recorder::default());
-            let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
-            c2.flow(0, 10, false);
+            let (c2, r2) = $crate::testing::consumer(&q2, Lane::Main, ReceiveMode::PeekLock, 10);
             let got: Vec<(u64, u32)> = r2
                 .take()
                 .iter()
@@ -457,9 +448,7 @@ macro_rules! store_suite {
             drop(c2);
             barrier(s.as_ref());
             let q3 = open(&s, QueueConfig::default());
-            let r3 = Arc::new(Recorder::default());
-            let c3 = q3.add_consumer(Lane::Main, ReceiveMode::PeekLock, r3.clone());
-            c3.flow(0, 10, false);
+            let (_c3, r3) = $crate::testing::consumer(&q3, Lane::Main, ReceiveMode::PeekLock, 10);
             let got: Vec<(u64, u32)> = r3
                 .take()
                 .iter()
@@ -474,17 +463,13 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 1, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 1);
             let d = r.take().remove(0);
             sync_settle(&c, &d, Outcome::Release).unwrap();
             barrier(s.as_ref());
             let _stopped = (c, q);
             let q2 = open(&s, QueueConfig::default());
-            let r2 = Arc::new(Recorder::default());
-            let c2 = q2.add_consumer(Lane::Main, ReceiveMode::PeekLock, r2.clone());
-            c2.flow(0, 1, false);
+            let (_c2, r2) = $crate::testing::consumer(&q2, Lane::Main, ReceiveMode::PeekLock, 1);
             assert_eq!(r2.take()[0].delivery_count, 0);
         }
 
@@ -496,9 +481,7 @@ macro_rules! store_suite {
                 ..Default::default()
             });
             sync_enqueue(&q, &[b"a"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             let d = r.take().remove(0);
             let until = d.locked_until_ms.unwrap();
             assert!(until > $crate::now_ms() + 500 && until <= $crate::now_ms() + 1000);
@@ -542,9 +525,7 @@ macro_rules! store_suite {
             let _stopped = q;
             let q = open(&s, QueueConfig::default());
             assert_eq!((q.stats().active, q.stats().scheduled), (0, 1));
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (_c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             q.release_due(at - 1);
             assert!(r.take().is_empty(), "not before its time");
             q.release_due(at);
@@ -583,9 +564,7 @@ macro_rules! store_suite {
                 );
                 rx.recv().unwrap().unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(5));
-                let r = Arc::new(Recorder::default());
-                let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-                c.flow(0, 10, false);
+                let (_c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
                 let got: Vec<u64> = r.take().iter().map(|d| d.message.seq).collect();
                 assert_eq!(got, vec![2], "the expired message must not be delivered");
                 assert_eq!(q.stats().expired_total, 1);
@@ -610,9 +589,7 @@ macro_rules! store_suite {
             let _end = $crate::testing::TestGuard;
             let (s, q) = fresh();
             sync_enqueue(&q, &[b"a", b"b", b"c", b"d"]);
-            let r = Arc::new(Recorder::default());
-            let c = q.add_consumer(Lane::Main, ReceiveMode::PeekLock, r.clone());
-            c.flow(0, 10, false);
+            let (c, r) = $crate::testing::consumer(&q, Lane::Main, ReceiveMode::PeekLock, 10);
             let d = r.take();
             let complete = |locks: &[$crate::LockToken]| {
                 let (tx, rx) = std::sync::mpsc::channel();

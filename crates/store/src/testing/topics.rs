@@ -25,6 +25,21 @@ pub fn text_view() -> MessageView {
     })
 }
 
+/// Test copies made by actions: the payload with `;RuleName=<rule>` and `;k=v` for each string
+/// a user property is set to appended.
+pub fn text_rewrite() -> crate::Rewrite {
+    Arc::new(|payload: &Bytes, rule: &str, changes: &[filter::Change]| {
+        let mut s = String::from_utf8_lossy(payload).into_owned();
+        s.push_str(&format!(";RuleName={rule}"));
+        for c in changes {
+            if let filter::Change::Set(filter::Target::User(k), filter::Value::String(v)) = c {
+                s.push_str(&format!(";{k}={v}"));
+            }
+        }
+        Ok(Bytes::from(s))
+    })
+}
+
 /// A subscription whose one rule has this SQL filter.
 pub fn sql_sub(name: &str, sql: &str) -> (String, SubscriptionConfig) {
     let rule = Rule {
@@ -58,7 +73,7 @@ pub fn open_topic(storage: &Arc<dyn Storage>, config: TopicConfig) -> Entities {
 
 /// Opens one topic as declared.
 pub fn open_spec(storage: &Arc<dyn Storage>, spec: TopicSpec) -> Entities {
-    Entities::open_all(storage.clone(), &[], &[spec], text_view()).expect("open")
+    Entities::open_all(storage.clone(), &[], &[spec], text_view(), text_rewrite()).expect("open")
 }
 
 /// Publishes each message in its own group; returns each group's outcome.
@@ -410,6 +425,61 @@ macro_rules! topic_suite {
                 filter::Filter::Sql(f) => assert_eq!(f.expression(), "color = 'crimson'"),
                 other => panic!("{other:?}"),
             }
+        }
+
+        #[test]
+        fn each_matching_rule_with_an_action_makes_its_own_changed_copy() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let rule = |name: &str, sql: &str, action: Option<&str>| filter::Rule {
+                name: name.into(),
+                filter: filter::Filter::sql(sql, &filter::Parameters::default()).unwrap(),
+                action: action
+                    .map(|a| filter::SqlAction::parse(a, &filter::Parameters::default()).unwrap()),
+            };
+            let sub = $crate::SubscriptionConfig {
+                rules: vec![
+                    rule("plain", "color = 'red'", None),
+                    rule("tag", "color = 'red'", Some("SET tag = 'hot'")),
+                    rule("mark", "1=1", Some("SET mark = 'all'")),
+                ],
+                ..$crate::SubscriptionConfig::default()
+            };
+            let spec = TopicSpec {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                subscriptions: vec![("acts".to_string(), sub)],
+            };
+            let e = open_spec(&s, spec.clone());
+            publish_text(&e, &["color=red", "color=blue"]);
+            let (c, r, got) = take(&e, "t/Subscriptions/acts", 10);
+            let mut bodies: Vec<String> = got.iter().map(|(_, b)| b.clone()).collect();
+            bodies.sort();
+            assert_eq!(
+                bodies,
+                vec![
+                    "color=blue;RuleName=mark;mark=all".to_string(),
+                    "color=red".to_string(),
+                    "color=red;RuleName=mark;mark=all".to_string(),
+                    "color=red;RuleName=tag;tag=hot".to_string(),
+                ]
+            );
+            // the changed copies' own bodies survive a restart, and go when completed
+            drop(r);
+            let _crashed = (c, e);
+            let e2 = open_spec(&s, spec);
+            let (c2, r2, again) = take(&e2, "t/Subscriptions/acts", 10);
+            assert_eq!(again.len(), 4);
+            complete_all(&c2, &r2);
+            barrier(s.as_ref());
+            assert_eq!(e2.topic("t").unwrap().stored_bodies(), 0);
+            let mut left = 0;
+            s.for_each($crate::storage::Cf::Body, &[], &[0xff; 17], &mut |_, _| {
+                left += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(left, 0, "a body outlived its copies");
         }
     };
 }
