@@ -9,6 +9,7 @@ Tests that restart or kill the broker start their own.
 
 import datetime
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -399,3 +400,65 @@ action = "SET sys.Label = 'big-' + color; SET tier = 'gold'; REMOVE secret"
             r.complete_message(m)
     finally:
         c.close()
+
+
+def test_forwarding_chains_through_queues_topics_and_subscriptions(start_broker):
+    """entry -> middle (queues) -> topic 'hub'; hub's subscription 'out' forwards to queue 'final',
+    'keep' holds its own copies. A message sent to 'entry' ends in 'final' and 'keep', nowhere
+    else; scheduling through entry's $management lands in the same places."""
+    toml = """
+[[queues]]
+name = "entry"
+forward_to = "middle"
+[[queues]]
+name = "middle"
+forward_to = "hub"
+[[queues]]
+name = "final"
+
+[[topics]]
+name = "hub"
+[[topics.subscriptions]]
+name = "out"
+forward_to = "final"
+[[topics.subscriptions]]
+name = "keep"
+"""
+    b = start_broker(queues=[], extra_toml=toml)
+    c = sb_client(b)
+    try:
+        with c.get_queue_sender("entry", **HANDLER_KW) as s:
+            s.send_messages(ServiceBusMessage("forwarded"), timeout=SEND_TIMEOUT)
+            soon = datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
+            s.schedule_messages(ServiceBusMessage("scheduled"), soon, timeout=MGMT_TIMEOUT)
+        with c.get_queue_receiver("final", **HANDLER_KW) as r:
+            got = receive_n(r, 2)
+            assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"]
+            for m in got:
+                r.complete_message(m)
+        with sub_receiver(c, "hub", "keep") as r:
+            got = receive_n(r, 2)
+            assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"]
+            for m in got:
+                r.complete_message(m)
+        for q in ("entry", "middle"):
+            with c.get_queue_receiver(q, **HANDLER_KW) as r:
+                assert r.receive_messages(max_message_count=1, max_wait_time=1) == [], q
+        with sub_receiver(c, "hub", "out") as r:
+            assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+    finally:
+        c.close()
+
+
+def test_forwarding_that_cannot_work_stops_the_broker_with_the_reason(tmp_path):
+    cases = [
+        ('[[queues]]\nname = "a"\nforward_to = "a"\n', "circle"),
+        ('[[queues]]\nname = "a"\nforward_to = "nowhere"\n', "not a queue or topic"),
+        ('[[topics]]\nname = "t"\n[[topics.subscriptions]]\nname = "s"\nforward_to = "t"\n',
+         "not a queue"),
+    ]
+    for i, (toml, reason) in enumerate(cases):
+        b = Broker(tmp_path / ("b%d" % i), queues=[], extra_toml=toml)
+        p = subprocess.run(b.command(), capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "READY" not in p.stdout, (toml, p.returncode, p.stdout, p.stderr)
+        assert reason in p.stderr, (toml, p.stderr)

@@ -18,7 +18,7 @@ use ferrobus_session::{
 use ferrobus_store::storage::Storage;
 use ferrobus_store::{
     Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, LockToken, NewMessage,
-    Outcome, ReceiveMode, StoreError,
+    Outcome, ReceiveMode, SendTarget, StoreError,
 };
 
 use crate::cbs::Grants;
@@ -109,11 +109,15 @@ impl Router for Broker {
                         entity.trim_end_matches(ferrobus_store::registry::DEAD_LETTER_SUFFIX),
                     )
                     .map(|(t, s)| (t.clone(), s.clone()));
+                let send = self
+                    .send_target(entity)
+                    .unwrap_or(Dest::Queue(resolved.queue.clone()));
                 let node = Arc::new(Management {
                     name: lower.clone(),
                     queue: resolved.queue,
                     lane: resolved.lane,
                     subscription,
+                    send,
                 });
                 return Ok(self.attach_node(&req, node, peer_sends));
             }
@@ -162,11 +166,12 @@ impl Router for Broker {
                 ));
             }
         }
+        let send_to = self.send_target(&address);
         self.metrics.links.inc();
         let guard = LinkGauge(self.metrics.clone());
         if peer_sends {
             Ok(Endpoint::Incoming(Box::new(Producer {
-                dest: Dest::Queue(resolved.queue),
+                dest: send_to.unwrap_or(Dest::Queue(resolved.queue)),
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 pending: Vec::new(),
@@ -243,6 +248,14 @@ impl Broker {
                 req.outbox.clone(),
             )))
         }
+    }
+
+    /// Where messages sent to `address` are stored (the end of a queue's forwarding chain).
+    fn send_target(&self, address: &str) -> Option<Dest> {
+        self.entities.send_target(address).map(|t| match t {
+            SendTarget::Queue(q) => Dest::Queue(q),
+            SendTarget::Topic(t) => Dest::Topic(t),
+        })
     }
 
     /// True if a token put on this connection covers `address` (its path, any case): the

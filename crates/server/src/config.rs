@@ -240,6 +240,9 @@ pub struct QueueDecl {
     /// The duplicate-detection window in milliseconds (`DuplicateDetectionHistoryTimeWindow`).
     #[serde(default = "default_duplicate_window_ms")]
     pub duplicate_detection_window_ms: u64,
+    /// A queue or topic that messages sent here go to instead (`ForwardTo`).
+    #[serde(default)]
+    pub forward_to: Option<String>,
 }
 
 pub(crate) fn default_duplicate_window_ms() -> u64 {

@@ -10,7 +10,6 @@ use serde_json::Value;
 /// Emulator properties that Ferrobus does not apply yet, with the value that means "off".
 const NOT_YET: &[(&str, Option<&str>)] = &[
     ("ForwardDeadLetteredMessagesTo", Some("\"\"")),
-    ("ForwardTo", Some("\"\"")),
     ("RequiresSession", Some("false")),
 ];
 
@@ -45,6 +44,7 @@ const QUEUE_KEYS: &[&str] = &[
     "dead_lettering_on_message_expiration",
     "requires_duplicate_detection",
     "max_delivery_count",
+    "forward_to",
 ];
 const TOPIC_KEYS: &[&str] = &[
     "default_message_ttl_ms",
@@ -57,6 +57,7 @@ const SUBSCRIPTION_KEYS: &[&str] = &[
     "dead_lettering_on_message_expiration",
     "dead_lettering_on_filter_evaluation_exceptions",
     "max_delivery_count",
+    "forward_to",
 ];
 
 /// Appends `[[table]]` with its name and keys.
@@ -105,6 +106,14 @@ fn entity_keys(
                 .as_bool()
                 .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be true or false"))?;
             (*ours, b.to_string())
+        } else if key == "ForwardTo" {
+            let to = value
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be an entity name"))?;
+            if to.is_empty() {
+                continue;
+            }
+            ("forward_to", toml_string(to))
         } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
             if off.is_none_or(|off| *value.to_string() != *off) {
                 warnings.push(format!(

@@ -184,6 +184,7 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
                 } else {
                     0
                 },
+                forward_to: q.forward_to.clone().filter(|f| !f.is_empty()),
             };
             (q.name.clone(), qc)
         })

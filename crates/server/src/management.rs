@@ -31,6 +31,8 @@ pub struct Management {
     pub lane: Lane,
     /// The subscription and its topic, when the queue is one.
     pub subscription: Option<(Arc<Topic>, Arc<Subscription>)>,
+    /// Where scheduled messages go: the queue, or the end of its forwarding chain.
+    pub send: Dest,
 }
 
 /// A failed operation: status code, AMQP condition, description.
@@ -325,13 +327,13 @@ impl Management {
 
     fn schedule(&self, body: &Value, reply: Reply) {
         match scheduled_items(body) {
-            Ok(items) => schedule_into(&Dest::Queue(self.queue.clone()), items, reply),
+            Ok(items) => schedule_into(&self.send, items, reply),
             Err(f) => reply(Err(f)),
         }
     }
 
     fn cancel_scheduled(&self, body: &Value, reply: Reply) {
-        cancel_in(&Dest::Queue(self.queue.clone()), body, reply)
+        cancel_in(&self.send, body, reply)
     }
 }
 

@@ -61,6 +61,9 @@ pub struct SubscriptionDecl {
     /// `[[topics.subscriptions.rules]]`; none declared: the `$Default` rule (every message).
     #[serde(default)]
     pub rules: Vec<RuleDecl>,
+    /// A queue its copies go to instead (`ForwardTo`).
+    #[serde(default)]
+    pub forward_to: Option<String>,
 }
 
 /// `[[topics.subscriptions.rules]]`: a SQL filter (`sql`), a correlation filter (any of the
@@ -206,6 +209,7 @@ fn spec(t: &TopicDecl) -> anyhow::Result<TopicSpec> {
                 },
                 rules,
                 dead_letter_on_filter_errors: s.dead_lettering_on_filter_evaluation_exceptions,
+                forward_to: s.forward_to.clone().filter(|f| !f.is_empty()),
             },
         ));
     }

@@ -28,7 +28,7 @@ pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
     QueueConfig, QueueStats, ReceiveMode,
 };
-pub use registry::{Entities, ResolveError, Resolved};
+pub use registry::{Entities, ResolveError, Resolved, SendTarget};
 pub use topic::{
     MessageView, Rewrite, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec,
     TopicStats,

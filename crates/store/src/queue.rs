@@ -131,6 +131,9 @@ pub struct QueueConfig {
     /// Duplicate-detection window in milliseconds (`RequiresDuplicateDetection` with
     /// `DuplicateDetectionHistoryTimeWindow`); 0: off.
     pub duplicate_detection_ms: u64,
+    /// The queue or topic messages sent to this queue go to instead (`ForwardTo`); resolved by
+    /// [`crate::Entities`], which senders ask where an address leads.
+    pub forward_to: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -142,6 +145,7 @@ impl Default for QueueConfig {
             default_ttl_ms: 0,
             dead_letter_on_expiration: false,
             duplicate_detection_ms: 0,
+            forward_to: None,
         }
     }
 }

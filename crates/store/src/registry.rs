@@ -39,6 +39,69 @@ pub struct Entities {
     /// Queues and subscriptions (`<topic>/subscriptions/<name>`), by lower-case path.
     queues: HashMap<String, Arc<Queue>>,
     topics: HashMap<String, Arc<Topic>>,
+    /// Queues that forward, by lower-case name: the lower-case name of the chain's end.
+    forwards: HashMap<String, String>,
+}
+
+/// Where messages sent to an address are stored.
+#[derive(Clone)]
+pub enum SendTarget {
+    Queue(Arc<Queue>),
+    Topic(Arc<Topic>),
+}
+
+/// Most entities a message may pass through by forwarding (Service Bus: 4 hops).
+pub const MAX_FORWARD_HOPS: usize = 4;
+
+/// The end of every queue's forwarding chain, or why the chains cannot be: a destination that
+/// does not exist or is a subscription, a queue that forwards to itself, a cycle, or a chain
+/// longer than [`MAX_FORWARD_HOPS`].
+fn forwarding(
+    declared: &[(String, QueueConfig)],
+    queues: &HashMap<String, Arc<Queue>>,
+    topics: &std::collections::HashSet<String>,
+) -> Result<HashMap<String, String>, StoreError> {
+    let next: HashMap<String, String> = declared
+        .iter()
+        .filter_map(|(n, c)| {
+            c.forward_to
+                .as_ref()
+                .map(|f| (n.to_ascii_lowercase(), f.to_ascii_lowercase()))
+        })
+        .collect();
+    let mut ends = HashMap::new();
+    for (start, first) in &next {
+        let mut chain = vec![start.clone()];
+        let mut at = first.clone();
+        loop {
+            let exists = topics.contains(&at) || queues.contains_key(&at);
+            if !exists {
+                return Err(StoreError::Invalid(format!(
+                    "queue '{start}' forwards to '{at}', which is not a queue or topic"
+                )));
+            }
+            if chain.contains(&at) {
+                chain.push(at);
+                return Err(StoreError::Invalid(format!(
+                    "forwarding goes round in a circle: {}",
+                    chain.join(" -> ")
+                )));
+            }
+            chain.push(at.clone());
+            if chain.len() - 1 > MAX_FORWARD_HOPS {
+                return Err(StoreError::Invalid(format!(
+                    "forwarding chain longer than {MAX_FORWARD_HOPS} hops: {}",
+                    chain.join(" -> ")
+                )));
+            }
+            match next.get(&at) {
+                Some(n) => at = n.clone(),
+                None => break,
+            }
+        }
+        ends.insert(start.clone(), at);
+    }
+    Ok(ends)
 }
 
 impl Entities {
@@ -104,6 +167,19 @@ impl Entities {
             let id = id_of(&key, &mut batch);
             map.insert(key, Queue::open(name, id, config.clone(), storage.clone())?);
         }
+        // queues' forwarding chains, before the topics open (their subscriptions forward into
+        // the same chains)
+        let topic_names: std::collections::HashSet<String> =
+            topics.iter().map(|t| t.name.to_ascii_lowercase()).collect();
+        let forwards = forwarding(queues, &map, &topic_names)?;
+        let mut sub_queues = map.clone();
+        for (from, end) in &forwards {
+            if let Some(q) = map.get(end) {
+                sub_queues.insert(from.clone(), q.clone());
+            } else {
+                sub_queues.remove(from);
+            }
+        }
         let mut topic_map = HashMap::new();
         for spec in topics {
             let key = claim(&spec.name)?;
@@ -119,8 +195,8 @@ impl Entities {
                 id,
                 subs,
                 storage.clone(),
-                view.clone(),
-                rewrite.clone(),
+                (view.clone(), rewrite.clone()),
+                &sub_queues,
                 &mut batch,
             )?;
             for s in topic.subscriptions() {
@@ -134,7 +210,21 @@ impl Entities {
         Ok(Entities {
             queues: map,
             topics: topic_map,
+            forwards,
         })
+    }
+
+    /// Where a message sent to `address` is stored: the queue or topic it names, or, for a
+    /// queue that forwards (`ForwardTo`), the end of its forwarding chain.
+    pub fn send_target(&self, address: &str) -> Option<SendTarget> {
+        let path = strip_authority(address)
+            .trim_matches('/')
+            .to_ascii_lowercase();
+        let end = self.forwards.get(&path).unwrap_or(&path);
+        if let Some(t) = self.topics.get(end) {
+            return Some(SendTarget::Topic(t.clone()));
+        }
+        self.queues.get(end).cloned().map(SendTarget::Queue)
     }
 
     /// Resolves a link address: `<queue>`, `<queue>/$DeadLetterQueue`, or either behind an

@@ -70,6 +70,10 @@ pub struct SubscriptionConfig {
     /// A copy whose rules fail to evaluate goes to the dead-letter sub-queue
     /// (`DeadLetteringOnFilterEvaluationExceptions`); otherwise the failing rule does not match.
     pub dead_letter_on_filter_errors: bool,
+    /// The queue its copies are forwarded to (`ForwardTo`), if any: they are stored there
+    /// instead (at the end of that queue's own forwarding chain), in the same batch as the
+    /// published message. Forwarding to a topic is refused at start-up for now.
+    pub forward_to: Option<String>,
 }
 
 impl Default for SubscriptionConfig {
@@ -78,6 +82,7 @@ impl Default for SubscriptionConfig {
             queue: QueueConfig::default(),
             rules: vec![Rule::default_rule()],
             dead_letter_on_filter_errors: true,
+            forward_to: None,
         }
     }
 }
@@ -104,6 +109,9 @@ pub struct Subscription {
     /// rules being added or removed whose write is not durable yet.
     rules: Mutex<(Arc<Vec<Rule>>, HashSet<String>)>,
     dead_letter_on_filter_errors: bool,
+    /// Where its copies go: its own queue's index in the topic's targets, or the queue it
+    /// forwards to.
+    target: usize,
 }
 
 impl Subscription {
@@ -259,6 +267,9 @@ pub struct Topic {
     storage: Arc<dyn Storage>,
     bodies: Arc<SharedBodies>,
     subs: Vec<Arc<Subscription>>,
+    /// Where copies are stored: the subscriptions' queues (same indexes as `subs`), then the
+    /// queues subscriptions forward to.
+    targets: Vec<Arc<Queue>>,
     view: MessageView,
     rewrite: Rewrite,
     state: Mutex<State>,
@@ -305,12 +316,15 @@ impl Topic {
         id: u64,
         subs: Vec<(String, u64, SubscriptionConfig)>,
         storage: Arc<dyn Storage>,
-        view: MessageView,
-        rewrite: Rewrite,
+        (view, rewrite): (MessageView, Rewrite),
+        queues: &HashMap<String, Arc<Queue>>,
         rules_batch: &mut Batch,
     ) -> Result<Arc<Topic>, StoreError> {
         let bodies = Arc::new(SharedBodies::default());
         let mut opened = Vec::with_capacity(subs.len());
+        // the subscriptions' queues, then the queues they forward to
+        let mut targets: Vec<Arc<Queue>> = Vec::with_capacity(subs.len());
+        let mut forwards: Vec<Option<Arc<Queue>>> = Vec::with_capacity(subs.len());
         for (path, sub_id, c) in subs {
             // the topic's size limit holds for each subscription; duplicates are the topic's
             let config = QueueConfig {
@@ -326,14 +340,38 @@ impl Topic {
                 Some(bodies.clone()),
             )?;
             let rules = load_rules(storage.as_ref(), &path, sub_id, &c.rules, rules_batch)?;
-            opened.push(Arc::new(Subscription {
+            let forward = match &c.forward_to {
+                None => None,
+                Some(dest) => Some(queues.get(&dest.to_ascii_lowercase()).filter(|q| !q.is_subscription()).cloned().ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "subscription '{path}' forwards to '{dest}', which is not a queue, or a queue whose own forwarding ends at a queue (forwarding from a subscription to a topic is not supported yet)"
+                    ))
+                })?),
+            };
+            forwards.push(forward);
+            targets.push(queue.clone());
+            opened.push(Subscription {
                 path,
                 queue,
                 id: sub_id,
                 rules: Mutex::new((Arc::new(rules), HashSet::new())),
                 dead_letter_on_filter_errors: c.dead_letter_on_filter_errors,
-            }));
+                target: 0,
+            });
         }
+        for (i, (s, f)) in opened.iter_mut().zip(forwards).enumerate() {
+            s.target = match f {
+                None => i,
+                Some(q) => match targets.iter().position(|t| Arc::ptr_eq(t, &q)) {
+                    Some(t) => t,
+                    None => {
+                        targets.push(q);
+                        targets.len() - 1
+                    }
+                },
+            };
+        }
+        let opened: Vec<Arc<Subscription>> = opened.into_iter().map(Arc::new).collect();
         let meta = storage.get_many(Cf::Meta, &[keys::last_seq_key(id)])?;
         let next_seq = meta[0].as_deref().and_then(decode_max).unwrap_or(0) + 1;
         let mut stale = Batch::default();
@@ -359,6 +397,7 @@ impl Topic {
         Ok(Arc::new(Topic {
             name: spec.name.clone(),
             id,
+            targets,
             config: spec.config.clone(),
             storage,
             bodies,
@@ -433,14 +472,21 @@ impl Topic {
                 .first()
                 .map(|(rule, e)| format!("rule '{}' could not be evaluated: {e}", rule.name));
             let mut copies = 0;
+            // a forwarded copy is stored in the destination queue with a body of its own
+            let forwarded = s.target != i;
             if sel.plain {
-                out.push((i, CopyKind::Shared));
+                let kind = if forwarded {
+                    CopyKind::Changed(payload.clone())
+                } else {
+                    CopyKind::Shared
+                };
+                out.push((s.target, kind));
                 copies += 1;
             }
             for (rule, changes) in &sel.with_actions {
                 match (self.rewrite)(payload, &rule.name, changes) {
                     Ok(bytes) => {
-                        out.push((i, CopyKind::Changed(bytes)));
+                        out.push((s.target, CopyKind::Changed(bytes)));
                         copies += 1;
                     }
                     Err(e) => {
@@ -539,7 +585,7 @@ impl Topic {
                             scheduled_ms: if dead_letter.is_some() { None } else { at },
                             dead_letter,
                         };
-                        for s in self.subs[i].queue.stage_copies(vec![copy], &mut batch) {
+                        for s in self.targets[i].stage_copies(vec![copy], &mut batch) {
                             if let Some(due) = s.scheduled_ms() {
                                 let e = st.scheduled.entry(tseq).or_insert((due, Vec::new()));
                                 e.1.push((i, s.seq()));
@@ -574,21 +620,21 @@ impl Topic {
                     me.stats
                         .copies
                         .fetch_add(staged.len() as u64, Ordering::Relaxed);
-                    let mut per_sub: Vec<Vec<Staged>> =
-                        me.subs.iter().map(|_| Vec::new()).collect();
+                    let mut per_target: Vec<Vec<Staged>> =
+                        me.targets.iter().map(|_| Vec::new()).collect();
                     for (i, s) in staged {
-                        per_sub[i].push(s);
+                        per_target[i].push(s);
                     }
-                    for (sub, copies) in me.subs.iter().zip(per_sub) {
+                    for (queue, copies) in me.targets.iter().zip(per_target) {
                         if !copies.is_empty() {
-                            sub.queue.commit_copies(copies);
+                            queue.commit_copies(copies);
                         }
                     }
                     done(Ok(outcomes))
                 }
                 Err(e) => {
                     for (i, s) in &staged {
-                        me.subs[*i].queue.forget_copies(std::slice::from_ref(s));
+                        me.targets[*i].forget_copies(std::slice::from_ref(s));
                     }
                     for (at, n) in retained {
                         me.bodies.forget(at, n);
@@ -606,15 +652,15 @@ impl Topic {
 
     /// Refuses a group if a subscription it goes to has no room for it.
     fn check_room(&self, group: &[(NewMessage, Fanout)]) -> Result<(), StoreError> {
-        let mut incoming = vec![0u64; self.subs.len()];
+        let mut incoming = vec![0u64; self.targets.len()];
         for (m, fanout) in group {
             for (i, _) in fanout {
                 incoming[*i] += m.payload.len() as u64;
             }
         }
-        for (s, n) in self.subs.iter().zip(incoming) {
+        for (q, n) in self.targets.iter().zip(incoming) {
             if n > 0 {
-                s.queue.check_room(n)?;
+                q.check_room(n)?;
             }
         }
         Ok(())
@@ -631,7 +677,7 @@ impl Topic {
                 let live = st.scheduled.get(seq).is_some_and(|(_, copies)| {
                     copies
                         .iter()
-                        .any(|(i, s)| self.subs[*i].queue.is_scheduled(*s))
+                        .any(|(i, s)| self.targets[*i].is_scheduled(*s))
                 });
                 if !live {
                     return done(Err(StoreError::NotFound(format!(
@@ -644,7 +690,7 @@ impl Topic {
                     work.extend(
                         copies
                             .into_iter()
-                            .filter(|(i, s)| self.subs[*i].queue.is_scheduled(*s)),
+                            .filter(|(i, s)| self.targets[*i].is_scheduled(*s)),
                     );
                 }
             }
@@ -652,7 +698,7 @@ impl Topic {
         let pending = Arc::new(Mutex::new((work.len(), None, Some(done))));
         for (i, s) in work {
             let pending = pending.clone();
-            self.subs[i].queue.cancel_scheduled(
+            self.targets[i].cancel_scheduled(
                 &[s],
                 Box::new(move |r| {
                     let mut p = pending.lock().expect("cancel state poisoned");

@@ -125,7 +125,7 @@ macro_rules! topic_suite {
         use $crate::storage::Storage;
         use $crate::testing::topics::*;
         use $crate::testing::{barrier, sync_settle, Recorder};
-        use $crate::{NewMessage, StoreError, TopicConfig, TopicSpec};
+        use $crate::{NewMessage, QueueConfig, StoreError, TopicConfig, TopicSpec};
 
         type Taken = (ConsumerHandle, Arc<Recorder>, Vec<(u64, String)>);
 
@@ -480,6 +480,106 @@ macro_rules! topic_suite {
             })
             .unwrap();
             assert_eq!(left, 0, "a body outlived its copies");
+        }
+
+        #[test]
+        fn a_subscription_forwards_its_copies_to_a_queue_in_the_same_batch() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let fwd = $crate::SubscriptionConfig {
+                forward_to: Some("Inbox".into()),
+                ..$crate::SubscriptionConfig::default()
+            };
+            let spec = TopicSpec {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                subscriptions: vec![("fwd".to_string(), fwd), sql_sub("red", "color = 'red'")],
+            };
+            let queues = vec![("inbox".to_string(), QueueConfig::default())];
+            let open = || {
+                $crate::Entities::open_all(
+                    s.clone(),
+                    &queues,
+                    std::slice::from_ref(&spec),
+                    text_view(),
+                    text_rewrite(),
+                )
+                .unwrap()
+            };
+            let e = open();
+            publish_text(&e, &["color=red", "color=blue"]);
+            let (_f, _, fwd_got) = take(&e, "t/Subscriptions/fwd", 10);
+            assert!(
+                fwd_got.is_empty(),
+                "a forwarding subscription holds nothing"
+            );
+            let (c, r, inbox) = take(&e, "inbox", 10);
+            assert_eq!(
+                inbox,
+                vec![(1, "color=red".to_string()), (2, "color=blue".to_string())]
+            );
+            // the forwarded copies own their bodies: completing them leaves the shared one to 'red'
+            complete_all(&c, &r);
+            barrier(s.as_ref());
+            assert!(body_stored(s.as_ref(), 2, 1), "'red' still holds message 1");
+            let (c2, r2, red) = take(&e, "t/Subscriptions/red", 10);
+            assert_eq!(red.len(), 1);
+            complete_all(&c2, &r2);
+            barrier(s.as_ref());
+            assert_eq!(e.topic("t").unwrap().stored_bodies(), 0);
+        }
+
+        #[test]
+        fn forwarding_that_cannot_work_is_refused_at_start() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let q = |name: &str, to: Option<&str>| {
+                (
+                    name.to_string(),
+                    QueueConfig {
+                        forward_to: to.map(str::to_string),
+                        ..QueueConfig::default()
+                    },
+                )
+            };
+            let refused = |queues: Vec<(String, QueueConfig)>| -> String {
+                match $crate::Entities::open_all(
+                    s.clone(),
+                    &queues,
+                    &[],
+                    text_view(),
+                    text_rewrite(),
+                ) {
+                    Ok(_) => panic!("accepted"),
+                    Err(e) => e.to_string(),
+                }
+            };
+            assert!(refused(vec![q("a", Some("a"))]).contains("circle"));
+            assert!(refused(vec![q("a", Some("b")), q("b", Some("a"))]).contains("a -> b -> a"));
+            assert!(refused(vec![q("a", Some("nowhere"))]).contains("not a queue or topic"));
+            let long = vec![
+                q("a", Some("b")),
+                q("b", Some("c")),
+                q("c", Some("d")),
+                q("d", Some("e")),
+                q("e", Some("f")),
+                q("f", None),
+            ];
+            assert!(refused(long).contains("longer than 4 hops"));
+            // four hops are fine, and a sender to the start lands at the end
+            let ok = vec![
+                q("a", Some("b")),
+                q("b", Some("c")),
+                q("c", Some("d")),
+                q("d", Some("E")),
+                q("e", None),
+            ];
+            let e = $crate::Entities::open_all(s.clone(), &ok, &[], text_view(), text_rewrite())
+                .unwrap();
+            match e.send_target("A") {
+                Some($crate::SendTarget::Queue(end)) => assert_eq!(end.name(), "e"),
+                _ => panic!("no queue at the end of the chain"),
+            }
         }
     };
 }
