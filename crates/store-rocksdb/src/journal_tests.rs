@@ -191,7 +191,10 @@ fn a_killed_process_loses_nothing_acknowledged_across_recycled_segments() {
     let first = Phase::new(0, 300, 1, true);
     crash_after(&dir, segment, first);
     let s = open(&dir, segment);
-    assert!(s.recovered.records > 0, "nothing was replayed");
+    // Usually the last records are replayed from the journal; when the retirer's flush (after
+    // the last full segment) ran after the last write, RocksDB already holds them all and
+    // nothing needs replaying. Either way nothing acknowledged may be missing (`check`).
+    let replayed = s.recovered.records;
     assert_eq!(s.recovered.discarded, 0);
     check(&s, &[first]);
     // recycled, not one file per segment filled
@@ -202,7 +205,10 @@ fn a_killed_process_loses_nothing_acknowledged_across_recycled_segments() {
     let second = Phase::new(300, 600, 2, true);
     crash_after(&dir, segment, second);
     let s = open(&dir, segment);
-    assert!(s.recovered.records > 0, "nothing was replayed");
+    assert!(
+        replayed + s.recovered.records > 0,
+        "neither crash left anything to replay: the replay path was not exercised"
+    );
     check(&s, &[first, second]);
     close(s);
 
