@@ -462,3 +462,26 @@ def test_forwarding_that_cannot_work_stops_the_broker_with_the_reason(tmp_path):
         p = subprocess.run(b.command(), capture_output=True, text=True, timeout=30)
         assert p.returncode != 0 and "READY" not in p.stdout, (toml, p.returncode, p.stdout, p.stderr)
         assert reason in p.stderr, (toml, p.stderr)
+
+
+def test_topic_metrics_count_published_messages_copies_and_subscriptions(topics, client):
+    with topic_sender(client, "peek") as s:
+        s.send_messages([order(i, "red", 500) for i in range(100, 103)], timeout=SEND_TIMEOUT)
+    status, _, body = topics.http_get("/metrics")
+    assert status == 200
+    text = body.decode()
+
+    def value(line_start):
+        lines = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+        assert lines, "no %s in /metrics" % line_start
+        return float(lines[0].rsplit(" ", 1)[1])
+
+    published = value('ferrobus_topic_messages_published_total{topic="peek"}')
+    copies = value('ferrobus_topic_copies_total{topic="peek"}')
+    assert published >= 3
+    # every message reaches 'all', the red ones 'red' too
+    assert copies >= 2 * published - 0.5, (published, copies)
+    assert value('ferrobus_topic_filter_seconds_total{topic="peek"}') > 0
+    assert value('ferrobus_entity_messages{entity="peek/Subscriptions/red",state="active"}') >= 3
+    received_numbers(client, "peek", "red", 3)
+    received_numbers(client, "peek", "all", 3)

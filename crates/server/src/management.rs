@@ -130,7 +130,7 @@ pub(crate) fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-pub(crate) fn items(v: Option<&Value>) -> Vec<&Value> {
+fn items(v: Option<&Value>) -> Vec<&Value> {
     match v {
         Some(Value::Array(Array(a))) | Some(Value::List(a)) => a.iter().collect(),
         Some(other) => vec![other],

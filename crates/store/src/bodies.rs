@@ -45,11 +45,6 @@ impl SharedBodies {
         }
     }
 
-    /// References still held to the body at `at`.
-    pub fn count(&self, at: (u64, u64)) -> u32 {
-        self.lock().get(&at).copied().unwrap_or(0)
-    }
-
     /// How many bodies have references.
     pub fn len(&self) -> usize {
         self.lock().len()

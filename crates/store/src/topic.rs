@@ -442,7 +442,7 @@ impl Topic {
         }
     }
 
-    /// Bodies with references left (for tests and metrics).
+    /// Bodies with references left (for tests).
     pub fn stored_bodies(&self) -> usize {
         self.bodies.len()
     }
