@@ -270,8 +270,9 @@ impl Broker {
         })
     }
 
-    /// Ends the locks that expired by now and releases scheduled messages that are due, in
-    /// every queue.
+    /// Ends the locks that expired by now, releases scheduled messages that are due and
+    /// expires messages, in every queue; then forwards what dead-letter sub-queues that
+    /// forward hold (including what those steps just dead-lettered).
     pub fn sweep(&self) {
         let now = ferrobus_store::now_ms();
         for q in self.entities.queues() {
@@ -279,6 +280,7 @@ impl Broker {
             q.release_due(now);
             q.expire_messages(now);
         }
+        self.entities.forward_dead_letters();
         for t in self.entities.topics() {
             t.sweep(now);
         }
@@ -452,6 +454,7 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
             } else {
                 None
             },
+            dead_lettered: None,
         })
     };
     match format {
@@ -513,6 +516,7 @@ impl ConsumerSink for Sink {
             locked_until_ms: d.locked_until_ms,
             dead_letter_reason: d.dead_letter_reason.as_deref(),
             dead_letter_description: d.dead_letter_description.as_deref(),
+            dead_letter_source: d.dead_letter_source.as_deref(),
         };
         if d.lock.is_some() {
             self.inflight

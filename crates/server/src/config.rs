@@ -243,6 +243,9 @@ pub struct QueueDecl {
     /// A queue or topic that messages sent here go to instead (`ForwardTo`).
     #[serde(default)]
     pub forward_to: Option<String>,
+    /// A queue or topic that dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`).
+    #[serde(default)]
+    pub forward_dead_lettered_messages_to: Option<String>,
 }
 
 pub(crate) fn default_duplicate_window_ms() -> u64 {

@@ -8,9 +8,15 @@
 use serde_json::Value;
 
 /// Emulator properties that Ferrobus does not apply yet, with the value that means "off".
-const NOT_YET: &[(&str, Option<&str>)] = &[
-    ("ForwardDeadLetteredMessagesTo", Some("\"\"")),
-    ("RequiresSession", Some("false")),
+const NOT_YET: &[(&str, Option<&str>)] = &[("RequiresSession", Some("false"))];
+
+/// Emulator properties naming another entity, with our keys.
+const FORWARDS: &[(&str, &str)] = &[
+    ("ForwardTo", "forward_to"),
+    (
+        "ForwardDeadLetteredMessagesTo",
+        "forward_dead_lettered_messages_to",
+    ),
 ];
 
 /// Emulator queue properties that map onto our queue keys: duration ones (ISO-8601, to ms).
@@ -45,6 +51,7 @@ const QUEUE_KEYS: &[&str] = &[
     "requires_duplicate_detection",
     "max_delivery_count",
     "forward_to",
+    "forward_dead_lettered_messages_to",
 ];
 const TOPIC_KEYS: &[&str] = &[
     "default_message_ttl_ms",
@@ -58,6 +65,7 @@ const SUBSCRIPTION_KEYS: &[&str] = &[
     "dead_lettering_on_filter_evaluation_exceptions",
     "max_delivery_count",
     "forward_to",
+    "forward_dead_lettered_messages_to",
 ];
 
 /// Appends `[[table]]` with its name and keys.
@@ -106,14 +114,14 @@ fn entity_keys(
                 .as_bool()
                 .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be true or false"))?;
             (*ours, b.to_string())
-        } else if key == "ForwardTo" {
+        } else if let Some((_, ours)) = FORWARDS.iter().find(|(k, _)| k == key) {
             let to = value
                 .as_str()
                 .ok_or_else(|| anyhow::anyhow!("Config.json: {item} must be an entity name"))?;
             if to.is_empty() {
                 continue;
             }
-            ("forward_to", toml_string(to))
+            (*ours, toml_string(to))
         } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
             if off.is_none_or(|off| *value.to_string() != *off) {
                 warnings.push(format!(

@@ -27,6 +27,8 @@ pub struct Stamp<'a> {
     pub locked_until_ms: Option<i64>,
     pub dead_letter_reason: Option<&'a str>,
     pub dead_letter_description: Option<&'a str>,
+    /// The entity whose dead-letter sub-queue forwarded the message here, if one did.
+    pub dead_letter_source: Option<&'a str>,
 }
 
 impl Stamp<'_> {
@@ -45,6 +47,12 @@ impl Stamp<'_> {
         ];
         if let Some(until) = self.locked_until_ms {
             a.push(("x-opt-locked-until", AnnotationValue::Timestamp(until)));
+        }
+        if let Some(source) = self.dead_letter_source {
+            a.push((
+                "x-opt-deadletter-source",
+                AnnotationValue::Str(source.to_string()),
+            ));
         }
         a
     }

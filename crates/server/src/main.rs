@@ -185,6 +185,10 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
                     0
                 },
                 forward_to: q.forward_to.clone().filter(|f| !f.is_empty()),
+                forward_dead_lettered_to: q
+                    .forward_dead_lettered_messages_to
+                    .clone()
+                    .filter(|f| !f.is_empty()),
             };
             (q.name.clone(), qc)
         })

@@ -257,6 +257,7 @@ impl Management {
                     locked_until_ms: p.locked_until_ms,
                     dead_letter_reason: p.dead_letter_reason.as_deref(),
                     dead_letter_description: p.dead_letter_description.as_deref(),
+                    dead_letter_source: p.dead_letter_source.as_deref(),
                 };
                 let bytes = stamp.encode(&p.message.payload, p.delivery_count)?;
                 Some(map(vec![("message", Value::Binary(bytes.to_vec().into()))]))
@@ -287,6 +288,7 @@ impl Management {
                     locked_until_ms: d.locked_until_ms,
                     dead_letter_reason: d.dead_letter_reason.as_deref(),
                     dead_letter_description: d.dead_letter_description.as_deref(),
+                    dead_letter_source: d.dead_letter_source.as_deref(),
                 };
                 let bytes = stamp.encode(&d.message.payload, d.delivery_count)?;
                 let mut pairs = vec![("message", Value::Binary(bytes.to_vec().into()))];
@@ -400,6 +402,7 @@ fn scheduled_items(body: &Value) -> Result<Vec<ferrobus_store::NewMessage>, Fail
             scheduled_ms: at,
             ttl_ms: ttl.map(u64::from),
             message_id: None,
+            dead_lettered: None,
         });
     }
     if items.is_empty() {

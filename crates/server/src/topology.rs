@@ -64,6 +64,9 @@ pub struct SubscriptionDecl {
     /// A queue its copies go to instead (`ForwardTo`).
     #[serde(default)]
     pub forward_to: Option<String>,
+    /// A queue or topic its dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`).
+    #[serde(default)]
+    pub forward_dead_lettered_messages_to: Option<String>,
 }
 
 /// `[[topics.subscriptions.rules]]`: a SQL filter (`sql`), a correlation filter (any of the
@@ -205,6 +208,10 @@ fn spec(t: &TopicDecl) -> anyhow::Result<TopicSpec> {
                     lock_duration_ms: s.lock_duration_ms,
                     default_ttl_ms: s.default_message_ttl_ms,
                     dead_letter_on_expiration: s.dead_lettering_on_message_expiration,
+                    forward_dead_lettered_to: s
+                        .forward_dead_lettered_messages_to
+                        .clone()
+                        .filter(|f| !f.is_empty()),
                     ..QueueConfig::default()
                 },
                 rules,

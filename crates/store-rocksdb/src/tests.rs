@@ -35,6 +35,10 @@ mod topics {
     ferrobus_store::topic_suite!(super::fresh());
 }
 
+mod dead_forward {
+    ferrobus_store::dead_forward_suite!(super::fresh());
+}
+
 fn write(s: &dyn Storage, b: Batch) -> Result<(), StoreError> {
     ferrobus_store::testing::write_and_wait(s, b)
 }

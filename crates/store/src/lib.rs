@@ -16,6 +16,7 @@
 //!   into the same entity synchronously.
 
 pub mod bodies;
+mod forward;
 pub mod keys;
 pub mod queue;
 pub mod registry;
@@ -60,6 +61,21 @@ pub struct NewMessage {
     pub ttl_ms: Option<u64>,
     /// Its message-id, as bytes that identify it (for duplicate detection).
     pub message_id: Option<Vec<u8>>,
+    /// Set when a dead-letter sub-queue forwards the message (`ForwardDeadLetteredMessagesTo`):
+    /// why it was dead-lettered and where, delivered with it from its new entity.
+    pub dead_lettered: Option<DeadLettered>,
+}
+
+/// Why and where a message was dead-lettered, carried with it when its entity's dead-letter
+/// sub-queue forwards it to another entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The dead-letter reason (`DeadLetterReason`).
+    pub reason: Option<String>,
+    /// The dead-letter description (`DeadLetterErrorDescription`).
+    pub description: Option<String>,
+    /// The entity it was dead-lettered in (`x-opt-deadletter-source`).
+    pub source: String,
 }
 
 impl NewMessage {

@@ -7,6 +7,8 @@
 
 mod complete;
 pub(crate) mod copy;
+mod enqueue;
+mod forward;
 pub(crate) mod history;
 mod lane;
 mod manage;
@@ -19,8 +21,6 @@ pub use manage::{MessageState, Peeked};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use bytes::Bytes;
 
 use crate::bodies::SharedBodies;
 use crate::keys::{self, BodyRecord, RefRecord};
@@ -101,6 +101,8 @@ pub struct Delivery {
     pub dead_letter_reason: Option<String>,
     /// The dead-letter description.
     pub dead_letter_description: Option<String>,
+    /// The entity whose dead-letter sub-queue forwarded the message here, if one did.
+    pub dead_letter_source: Option<String>,
 }
 
 /// Where a consumer's deliveries go (the consumer link's connection). Called with the queue's
@@ -134,6 +136,9 @@ pub struct QueueConfig {
     /// The queue or topic messages sent to this queue go to instead (`ForwardTo`); resolved by
     /// [`crate::Entities`], which senders ask where an address leads.
     pub forward_to: Option<String>,
+    /// The queue or topic its dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`),
+    /// moved there from the dead-letter sub-queue by [`crate::Entities`].
+    pub forward_dead_lettered_to: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -146,6 +151,7 @@ impl Default for QueueConfig {
             dead_letter_on_expiration: false,
             duplicate_detection_ms: 0,
             forward_to: None,
+            forward_dead_lettered_to: None,
         }
     }
 }
@@ -179,6 +185,8 @@ pub(crate) struct Entry {
     delivery_count: u32,
     dead_letter_reason: Option<String>,
     dead_letter_description: Option<String>,
+    /// The entity whose dead-letter sub-queue forwarded it here, if one did.
+    dead_letter_source: Option<String>,
 }
 
 impl Entry {
@@ -191,6 +199,7 @@ impl Entry {
             scheduled_ms: None,
             expires_ms: self.msg.expires_ms,
             shared_body: self.shared,
+            dead_letter_source: self.dead_letter_source.clone(),
         }
     }
 }
@@ -380,151 +389,6 @@ impl Queue {
         self.state.lock().expect("queue state poisoned")
     }
 
-    /// Stores `payloads` atomically, in order, and makes them available once committed;
-    /// `done` gets their sequence numbers.
-    pub fn enqueue(self: &Arc<Self>, payloads: Vec<Bytes>, done: Completion<Vec<u64>>) {
-        self.enqueue_at(payloads.into_iter().map(NewMessage::new).collect(), done);
-    }
-
-    /// Stores messages atomically, in order: each becomes available once committed, or at its
-    /// scheduled time. With duplicate detection on, a message whose message-id was seen within
-    /// the window is dropped (and still reported as stored: that is what Service Bus does).
-    /// `done` gets the sequence numbers of the messages kept.
-    pub fn enqueue_at(self: &Arc<Self>, items: Vec<NewMessage>, done: Completion<Vec<u64>>) {
-        self.enqueue_each(
-            vec![items],
-            Box::new(move |r| done(r.and_then(|mut each| each.pop().expect("one group")))),
-        );
-    }
-
-    /// Stores several groups of messages (one per transfer) with one storage write: each group
-    /// is accepted or refused on its own (a group that does not fit in the queue is refused,
-    /// the others are stored), as [`Queue::enqueue_at`] does for one. `done` gets each group's
-    /// outcome, in order, or the storage's error if the write failed (then nothing is stored).
-    pub fn enqueue_each(
-        self: &Arc<Self>,
-        groups: Vec<Vec<NewMessage>>,
-        done: Completion<Vec<Result<Vec<u64>, StoreError>>>,
-    ) {
-        let now = now_ms();
-        let mut batch = Batch::default();
-        let mut size = 0u64;
-        let mut entries: Vec<(Entry, Option<i64>)> = Vec::new();
-        let mut outcomes: Vec<Result<std::ops::Range<usize>, StoreError>> =
-            Vec::with_capacity(groups.len());
-        {
-            let mut guard = self.lock();
-            let st = &mut *guard;
-            for items in groups {
-                let incoming: u64 = items.iter().map(|m| m.payload.len() as u64).sum();
-                if st.bytes + incoming > self.config.max_size_bytes {
-                    outcomes.push(Err(StoreError::Full(format!(
-                        "queue '{}' holds {} of {} bytes",
-                        self.name, st.bytes, self.config.max_size_bytes
-                    ))));
-                    continue;
-                }
-                let first = entries.len();
-                let staged = self.stage(st, items, now, &mut batch, &mut entries);
-                st.bytes += staged;
-                size += staged;
-                outcomes.push(Ok(first..entries.len()));
-            }
-        }
-        if let Some((e, _)) = entries.last() {
-            batch.max(Cf::Meta, keys::last_seq_key(self.id), e.msg.seq);
-        }
-        if batch.is_empty() {
-            // every group refused, or only duplicates
-            let each = outcomes
-                .into_iter()
-                .map(|o| o.map(|_| Vec::new()))
-                .collect();
-            return done(Ok(each));
-        }
-        let me = self.clone();
-        self.write(
-            batch,
-            Box::new(move |r| match r {
-                Ok(()) => {
-                    let each = outcomes
-                        .into_iter()
-                        .map(|o| {
-                            o.map(|range| entries[range].iter().map(|(e, _)| e.msg.seq).collect())
-                        })
-                        .collect();
-                    let (later, now): (Vec<_>, Vec<_>) =
-                        entries.into_iter().partition(|(_, at)| at.is_some());
-                    me.add_scheduled(later);
-                    me.make_available(Lane::Main, now.into_iter().map(|(e, _)| e).collect(), true);
-                    drop(me);
-                    done(Ok(each));
-                }
-                Err(e) => {
-                    me.lock().bytes -= size;
-                    done(Err(e));
-                }
-            }),
-        );
-    }
-
-    /// Adds one group's messages to `batch` and `entries` (sequence numbers, duplicate
-    /// detection, time to live, schedule) and returns their payload bytes.
-    fn stage(
-        &self,
-        st: &mut State,
-        items: Vec<NewMessage>,
-        now: i64,
-        batch: &mut Batch,
-        entries: &mut Vec<(Entry, Option<i64>)>,
-    ) -> u64 {
-        let mut size = 0;
-        for m in items {
-            let window = self.config.duplicate_detection_ms;
-            if let (Some(id), true) = (&m.message_id, window > 0) {
-                if !st.dedup.admit(self.id, id, now, window, batch) {
-                    continue;
-                }
-            }
-            let (at, expires) = timing(&m, self.config.default_ttl_ms, now);
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            size += m.payload.len() as u64;
-            let body = BodyRecord {
-                enqueued_ms: now,
-                expires_ms: expires.unwrap_or(0),
-                payload: m.payload,
-            };
-            batch.put(Cf::Body, keys::body_key(self.id, seq), body.encode());
-            let r = RefRecord {
-                size: body.payload.len() as u32,
-                scheduled_ms: at,
-                expires_ms: expires,
-                ..Default::default()
-            };
-            let lane = if at.is_some() {
-                LANE_SCHEDULED
-            } else {
-                LANE_ACTIVE
-            };
-            batch.put(Cf::Ref, keys::ref_key(self.id, lane, seq), r.encode());
-            let e = Entry {
-                shared: None,
-                msg: Arc::new(Message {
-                    seq,
-                    enqueued_ms: now,
-                    expires_ms: expires,
-                    payload: body.payload,
-                }),
-                delivery_count: 0,
-                dead_letter_reason: None,
-                dead_letter_description: None,
-            };
-            entries.push((e, at));
-        }
-        size
-    }
-
     /// Makes messages of both lanes available again (returned, not fresh), in the given order.
     fn make_available_again(&self, entries: Vec<(Lane, Entry)>) {
         let (main, dead): (Vec<_>, Vec<_>) =
@@ -626,6 +490,7 @@ impl Queue {
                 delivery_count: entry.delivery_count,
                 dead_letter_reason: entry.dead_letter_reason.clone(),
                 dead_letter_description: entry.dead_letter_description.clone(),
+                dead_letter_source: entry.dead_letter_source.clone(),
             };
             match c.mode {
                 ReceiveMode::PeekLock => {
@@ -856,6 +721,7 @@ fn load_entries(
             delivery_count: r.delivery_count,
             dead_letter_reason: r.dead_letter_reason,
             dead_letter_description: r.dead_letter_description,
+            dead_letter_source: r.dead_letter_source,
         });
     }
     Ok(out)

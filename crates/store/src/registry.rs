@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::forward::DeadLetterForward;
 use crate::keys;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
@@ -41,6 +42,8 @@ pub struct Entities {
     topics: HashMap<String, Arc<Topic>>,
     /// Queues that forward, by lower-case name: the lower-case name of the chain's end.
     forwards: HashMap<String, String>,
+    /// Queues and subscriptions whose dead-letter sub-queues forward.
+    dead_forwards: Vec<DeadLetterForward>,
 }
 
 /// Where messages sent to an address are stored.
@@ -70,7 +73,12 @@ fn forwarding(
         })
         .collect();
     let mut ends = HashMap::new();
-    for (start, first) in &next {
+    // in declaration order, so that a refusal names the same chain on every start
+    for (name, _) in declared {
+        let start = name.to_ascii_lowercase();
+        let Some(first) = next.get(&start) else {
+            continue;
+        };
         let mut chain = vec![start.clone()];
         let mut at = first.clone();
         loop {
@@ -99,7 +107,7 @@ fn forwarding(
                 None => break,
             }
         }
-        ends.insert(start.clone(), at);
+        ends.insert(start, at);
     }
     Ok(ends)
 }
@@ -207,11 +215,54 @@ impl Entities {
         if !batch.is_empty() {
             crate::queue::write_and_wait(storage.as_ref(), batch)?;
         }
-        Ok(Entities {
+        let mut entities = Entities {
             queues: map,
             topics: topic_map,
             forwards,
-        })
+            dead_forwards: Vec::new(),
+        };
+        entities.dead_forwards = entities.dead_letter_forwards()?;
+        Ok(entities)
+    }
+
+    /// Where each entity that forwards its dead letters sends them, refusing a destination
+    /// that is the entity itself, a subscription, or no entity at all.
+    fn dead_letter_forwards(&self) -> Result<Vec<DeadLetterForward>, StoreError> {
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = self.queues.keys().collect();
+        names.sort();
+        for key in names {
+            let queue = &self.queues[key];
+            let Some(to) = &queue.config().forward_dead_lettered_to else {
+                continue;
+            };
+            let dest = to.trim_matches('/').to_ascii_lowercase();
+            let name = queue.name();
+            let refuse = |why: &str| {
+                Err(StoreError::Invalid(format!(
+                    "'{name}' forwards its dead-lettered messages to '{to}', {why}"
+                )))
+            };
+            if dest == *key {
+                return refuse("itself");
+            }
+            if self.subscription(&dest).is_some() {
+                return refuse("a subscription (forward to a queue or a topic)");
+            }
+            match self.send_target(&dest) {
+                Some(target) => out.push(DeadLetterForward::new(queue.clone(), target)),
+                None => return refuse("which is not a queue or topic"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves what the dead-letter sub-queues that forward (`ForwardDeadLetteredMessagesTo`)
+    /// hold to their destinations (see [`crate::forward`]); the broker calls it periodically.
+    pub fn forward_dead_letters(&self) {
+        for f in &self.dead_forwards {
+            f.run();
+        }
     }
 
     /// Where a message sent to `address` is stored: the queue or topic it names, or, for a

@@ -277,6 +277,19 @@ pub struct Topic {
 }
 
 /// Counters for metrics.
+/// What a [`Topic::stage`] staged, to make visible or take back once its batch is written.
+#[derive(Default)]
+pub(crate) struct Publication {
+    /// Copies by subscription (index into the topic's targets).
+    staged: Vec<(usize, Staged)>,
+    /// Body references counted for the staged copies.
+    retained: Vec<((u64, u64), u32)>,
+    /// Topic sequence numbers this publication scheduled.
+    scheduled_now: Vec<u64>,
+    /// Messages published (duplicates left out).
+    published: u64,
+}
+
 #[derive(Default)]
 struct Stats {
     published: AtomicU64,
@@ -511,6 +524,35 @@ impl Topic {
         groups: Vec<Vec<NewMessage>>,
         done: Completion<Vec<Result<Vec<u64>, StoreError>>>,
     ) {
+        let mut batch = Batch::default();
+        let (outcomes, publication) = self.stage(groups, &mut batch);
+        if batch.is_empty() {
+            return done(Ok(outcomes));
+        }
+        let me = self.clone();
+        self.storage.write(
+            batch,
+            Box::new(move |r| match r {
+                Ok(()) => {
+                    me.commit(publication);
+                    done(Ok(outcomes))
+                }
+                Err(e) => {
+                    me.forget(publication);
+                    done(Err(e))
+                }
+            }),
+        );
+    }
+
+    /// Stages groups of messages in `batch` as [`Topic::enqueue_each`] publishes them: each
+    /// group's outcome, and what to make visible once the batch is written
+    /// ([`Topic::commit`]) or to take back if it is not ([`Topic::forget`]).
+    pub(crate) fn stage(
+        &self,
+        groups: Vec<Vec<NewMessage>>,
+        batch: &mut Batch,
+    ) -> (Vec<Result<Vec<u64>, StoreError>>, Publication) {
         let routed: Vec<Vec<(NewMessage, Fanout)>> = groups
             .into_iter()
             .map(|g| {
@@ -523,10 +565,7 @@ impl Topic {
             })
             .collect();
         let now = now_ms();
-        let mut batch = Batch::default();
-        let mut staged: Vec<(usize, Staged)> = Vec::new();
-        let mut retained: Vec<((u64, u64), u32)> = Vec::new();
-        let mut scheduled_now: Vec<u64> = Vec::new();
+        let mut p = Publication::default();
         let mut outcomes = Vec::new();
         let mut last_seq = None;
         {
@@ -540,7 +579,7 @@ impl Topic {
                 for (m, fanout) in group {
                     let window = self.config.duplicate_detection_ms;
                     if let (Some(mid), true) = (&m.message_id, window > 0) {
-                        if !st.dedup.admit(self.id, mid, now, window, &mut batch) {
+                        if !st.dedup.admit(self.id, mid, now, window, batch) {
                             continue;
                         }
                     }
@@ -548,11 +587,13 @@ impl Topic {
                     st.next_seq += 1;
                     last_seq = Some(tseq);
                     seqs.push(tseq);
+                    p.published += 1;
                     if fanout.is_empty() {
                         continue;
                     }
                     let (at, expires) = timing(&m, self.config.default_ttl_ms, now);
                     let body_at = (self.id, tseq);
+                    let carried = m.dead_lettered;
                     let body = BodyRecord {
                         enqueued_ms: now,
                         expires_ms: expires.unwrap_or(0),
@@ -566,9 +607,8 @@ impl Topic {
                     if n > 0 {
                         batch.put(Cf::Body, keys::body_key(self.id, tseq), body.encode());
                         self.bodies.retain(body_at, n);
-                        retained.push((body_at, n));
+                        p.retained.push((body_at, n));
                     }
-                    let mut copies = Vec::new();
                     for (i, kind) in fanout {
                         let (shared, payload, dead_letter) = match kind {
                             CopyKind::Shared => (Some(body_at), body.payload.clone(), None),
@@ -584,19 +624,19 @@ impl Topic {
                             expires_ms: expires,
                             scheduled_ms: if dead_letter.is_some() { None } else { at },
                             dead_letter,
+                            carried: carried.clone(),
                         };
-                        for s in self.targets[i].stage_copies(vec![copy], &mut batch) {
+                        for s in self.targets[i].stage_copies(vec![copy], batch) {
                             if let Some(due) = s.scheduled_ms() {
                                 let e = st.scheduled.entry(tseq).or_insert((due, Vec::new()));
                                 e.1.push((i, s.seq()));
                             }
-                            copies.push((i, s));
+                            p.staged.push((i, s));
                         }
                     }
                     if st.scheduled.contains_key(&tseq) {
-                        scheduled_now.push(tseq);
+                        p.scheduled_now.push(tseq);
                     }
-                    staged.extend(copies);
                 }
                 outcomes.push(Ok(seqs));
             }
@@ -604,50 +644,40 @@ impl Topic {
         if let Some(seq) = last_seq {
             batch.max(Cf::Meta, keys::last_seq_key(self.id), seq);
         }
-        let published = outcomes
-            .iter()
-            .map(|o| o.as_ref().map_or(0, |s| s.len() as u64))
-            .sum::<u64>();
-        if batch.is_empty() {
-            return done(Ok(outcomes));
+        (outcomes, p)
+    }
+
+    /// The batch of a [`Topic::stage`] is durable: the copies become available.
+    pub(crate) fn commit(&self, p: Publication) {
+        self.stats
+            .published
+            .fetch_add(p.published, Ordering::Relaxed);
+        self.stats
+            .copies
+            .fetch_add(p.staged.len() as u64, Ordering::Relaxed);
+        let mut per_target: Vec<Vec<Staged>> = self.targets.iter().map(|_| Vec::new()).collect();
+        for (i, s) in p.staged {
+            per_target[i].push(s);
         }
-        let me = self.clone();
-        self.storage.write(
-            batch,
-            Box::new(move |r| match r {
-                Ok(()) => {
-                    me.stats.published.fetch_add(published, Ordering::Relaxed);
-                    me.stats
-                        .copies
-                        .fetch_add(staged.len() as u64, Ordering::Relaxed);
-                    let mut per_target: Vec<Vec<Staged>> =
-                        me.targets.iter().map(|_| Vec::new()).collect();
-                    for (i, s) in staged {
-                        per_target[i].push(s);
-                    }
-                    for (queue, copies) in me.targets.iter().zip(per_target) {
-                        if !copies.is_empty() {
-                            queue.commit_copies(copies);
-                        }
-                    }
-                    done(Ok(outcomes))
-                }
-                Err(e) => {
-                    for (i, s) in &staged {
-                        me.targets[*i].forget_copies(std::slice::from_ref(s));
-                    }
-                    for (at, n) in retained {
-                        me.bodies.forget(at, n);
-                    }
-                    let mut st = me.lock();
-                    for tseq in scheduled_now {
-                        st.scheduled.remove(&tseq);
-                    }
-                    drop(st);
-                    done(Err(e))
-                }
-            }),
-        );
+        for (queue, copies) in self.targets.iter().zip(per_target) {
+            if !copies.is_empty() {
+                queue.commit_copies(copies);
+            }
+        }
+    }
+
+    /// The batch of a [`Topic::stage`] failed: nothing of it is held.
+    pub(crate) fn forget(&self, p: Publication) {
+        for (i, s) in &p.staged {
+            self.targets[*i].forget_copies(std::slice::from_ref(s));
+        }
+        for (at, n) in p.retained {
+            self.bodies.forget(at, n);
+        }
+        let mut st = self.lock();
+        for tseq in p.scheduled_now {
+            st.scheduled.remove(&tseq);
+        }
     }
 
     /// Refuses a group if a subscription it goes to has no room for it.

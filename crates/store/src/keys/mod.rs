@@ -174,6 +174,9 @@ pub struct RefRecord {
     /// owner id and sequence number of its body); `None`: the body is the entity's own,
     /// at the reference's entity id and sequence number.
     pub shared_body: Option<(u64, u64)>,
+    /// The entity whose dead-letter sub-queue forwarded the message here
+    /// (`ForwardDeadLetteredMessagesTo`), delivered as `x-opt-deadletter-source`.
+    pub dead_letter_source: Option<String>,
 }
 
 impl RefRecord {
@@ -195,7 +198,8 @@ impl RefRecord {
         }
         let flags = u8::from(self.scheduled_ms.is_some())
             | u8::from(self.expires_ms.is_some()) << 1
-            | u8::from(self.shared_body.is_some()) << 2;
+            | u8::from(self.shared_body.is_some()) << 2
+            | u8::from(self.dead_letter_source.is_some()) << 3;
         b.put_u8(flags);
         for v in [self.scheduled_ms, self.expires_ms].into_iter().flatten() {
             b.put_i64(v);
@@ -203,6 +207,10 @@ impl RefRecord {
         if let Some((owner, seq)) = self.shared_body {
             b.put_u64(owner);
             b.put_u64(seq);
+        }
+        if let Some(source) = &self.dead_letter_source {
+            b.put_u32(source.len() as u32);
+            b.put_slice(source.as_bytes());
         }
         b.freeze()
     }
@@ -247,7 +255,16 @@ impl RefRecord {
             (Some(owner), Some(seq)) => Some((owner as u64, seq as u64)),
             _ => None,
         };
-        if flags & !7 != 0 || pos != v.len() {
+        let dead_letter_source = if flags & 8 != 0 {
+            let n = v.get(pos..pos + 4).ok_or_else(bad)?;
+            let n = u32::from_be_bytes(n.try_into().expect("4 bytes")) as usize;
+            let text = v.get(pos + 4..pos + 4 + n).ok_or_else(bad)?;
+            pos += 4 + n;
+            Some(String::from_utf8(text.to_vec()).map_err(|_| bad())?)
+        } else {
+            None
+        };
+        if flags & !15 != 0 || pos != v.len() {
             return Err(bad());
         }
         Ok(RefRecord {
@@ -258,6 +275,7 @@ impl RefRecord {
             scheduled_ms,
             expires_ms,
             shared_body,
+            dead_letter_source,
         })
     }
 }
@@ -313,8 +331,11 @@ mod tests {
             scheduled_ms: Some(1_800_000_000_000),
             expires_ms: Some(1_900_000_000_000),
             shared_body: Some((7, u64::MAX)),
+            dead_letter_source: Some("orders/Subscriptions/audit".into()),
         };
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
+        let truncated = r.encode();
+        assert!(RefRecord::decode(&truncated[..truncated.len() - 1]).is_err());
         let shared_only = RefRecord {
             shared_body: Some((3, 4)),
             ..RefRecord::default()

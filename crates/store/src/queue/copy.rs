@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{Entry, Lane, Queue, LANE_ACTIVE, LANE_DEAD, LANE_SCHEDULED};
 use crate::keys::{self, BodyRecord, RefRecord};
 use crate::storage::{Batch, Cf};
-use crate::{Message, StoreError};
+use crate::{DeadLettered, Message, StoreError};
 
 /// One copy of a topic's message for a subscription.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub(crate) struct Copy {
     pub scheduled_ms: Option<i64>,
     /// Straight to the dead-letter sub-queue, with this reason and description.
     pub dead_letter: Option<(String, String)>,
+    /// Forwarded from a dead-letter sub-queue: why and where it was dead-lettered.
+    pub carried: Option<DeadLettered>,
 }
 
 /// A staged copy: its entry and where it goes once committed.
@@ -88,7 +90,11 @@ impl Queue {
                 (None, Some(t)) => (LANE_SCHEDULED, Where::Scheduled(t)),
                 (None, None) => (LANE_ACTIVE, Where::Active),
             };
-            let (reason, description) = c.dead_letter.unzip();
+            let (reason, description, source) = match (c.dead_letter, c.carried) {
+                (Some((r, d)), _) => (Some(r), Some(d), None),
+                (None, Some(dl)) => (dl.reason, dl.description, Some(dl.source)),
+                (None, None) => (None, None, None),
+            };
             let entry = Entry {
                 msg: Arc::new(Message {
                     seq,
@@ -100,6 +106,7 @@ impl Queue {
                 delivery_count: 0,
                 dead_letter_reason: reason,
                 dead_letter_description: description,
+                dead_letter_source: source,
             };
             if c.body.is_none() {
                 let own = BodyRecord {

@@ -141,6 +141,7 @@ mod tests {
             delivery_count: 0,
             dead_letter_reason: None,
             dead_letter_description: None,
+            dead_letter_source: None,
         }
     }
 

@@ -29,6 +29,7 @@ pub struct Peeked {
     pub locked_until_ms: Option<i64>,
     pub dead_letter_reason: Option<String>,
     pub dead_letter_description: Option<String>,
+    pub dead_letter_source: Option<String>,
 }
 
 impl Queue {
@@ -68,6 +69,7 @@ impl Queue {
                 locked_until_ms,
                 dead_letter_reason: e.dead_letter_reason.clone(),
                 dead_letter_description: e.dead_letter_description.clone(),
+                dead_letter_source: e.dead_letter_source.clone(),
             };
             for e in ls.window_from(from).take(count) {
                 found.push(peeked(e, MessageState::Active, None));
@@ -115,6 +117,7 @@ impl Queue {
                 locked_until_ms: None,
                 dead_letter_reason: e.dead_letter_reason,
                 dead_letter_description: e.dead_letter_description,
+                dead_letter_source: e.dead_letter_source,
             });
         }
         found.sort_by_key(|p| p.message.seq);
@@ -151,6 +154,7 @@ impl Queue {
                     delivery_count: entry.delivery_count,
                     dead_letter_reason: entry.dead_letter_reason.clone(),
                     dead_letter_description: entry.dead_letter_description.clone(),
+                    dead_letter_source: entry.dead_letter_source.clone(),
                 };
                 let ref_key = keys::ref_key(self.id, LANE_DEFERRED, *seq);
                 if peek_lock {

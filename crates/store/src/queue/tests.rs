@@ -7,3 +7,7 @@ mod memory {
 mod topics_in_memory {
     crate::topic_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
 }
+
+mod dead_forward_in_memory {
+    crate::dead_forward_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
+}

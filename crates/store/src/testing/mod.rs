@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::queue::{ConsumerHandle, ConsumerSink, Delivery, Outcome, Queue};
 use crate::StoreError;
 
+pub mod dead_forward;
 pub mod topics;
 
 #[derive(Default)]
