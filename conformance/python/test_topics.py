@@ -404,8 +404,9 @@ action = "SET sys.Label = 'big-' + color; SET tier = 'gold'; REMOVE secret"
 
 def test_forwarding_chains_through_queues_topics_and_subscriptions(start_broker):
     """entry -> middle (queues) -> topic 'hub'; hub's subscription 'out' forwards to queue 'final',
-    'keep' holds its own copies. A message sent to 'entry' ends in 'final' and 'keep', nowhere
-    else; scheduling through entry's $management lands in the same places."""
+    'relay' to topic 'edge' (subscription 'end'), 'keep' holds its own copies. A message sent to
+    'entry' ends in 'final', 'end' and 'keep', nowhere else; scheduling through entry's
+    $management lands in the same places."""
     toml = """
 [[queues]]
 name = "entry"
@@ -423,6 +424,14 @@ name = "out"
 forward_to = "final"
 [[topics.subscriptions]]
 name = "keep"
+[[topics.subscriptions]]
+name = "relay"
+forward_to = "edge"
+
+[[topics]]
+name = "edge"
+[[topics.subscriptions]]
+name = "end"
 """
     b = start_broker(queues=[], extra_toml=toml)
     c = sb_client(b)
@@ -436,16 +445,18 @@ name = "keep"
             assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"]
             for m in got:
                 r.complete_message(m)
-        with sub_receiver(c, "hub", "keep") as r:
-            got = receive_n(r, 2)
-            assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"]
-            for m in got:
-                r.complete_message(m)
+        for topic, sub in (("hub", "keep"), ("edge", "end")):
+            with sub_receiver(c, topic, sub) as r:
+                got = receive_n(r, 2)
+                assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"], (topic, sub)
+                for m in got:
+                    r.complete_message(m)
         for q in ("entry", "middle"):
             with c.get_queue_receiver(q, **HANDLER_KW) as r:
                 assert r.receive_messages(max_message_count=1, max_wait_time=1) == [], q
-        with sub_receiver(c, "hub", "out") as r:
-            assert r.receive_messages(max_message_count=1, max_wait_time=1) == []
+        for sub in ("out", "relay"):
+            with sub_receiver(c, "hub", sub) as r:
+                assert r.receive_messages(max_message_count=1, max_wait_time=1) == [], sub
     finally:
         c.close()
 
@@ -455,7 +466,9 @@ def test_forwarding_that_cannot_work_stops_the_broker_with_the_reason(tmp_path):
         ('[[queues]]\nname = "a"\nforward_to = "a"\n', "circle"),
         ('[[queues]]\nname = "a"\nforward_to = "nowhere"\n', "not a queue or topic"),
         ('[[topics]]\nname = "t"\n[[topics.subscriptions]]\nname = "s"\nforward_to = "t"\n',
-         "not a queue"),
+         "t -> t/subscriptions/s -> t"),
+        ('[[topics]]\nname = "t"\n[[topics.subscriptions]]\nname = "s"\nforward_to = "t/subscriptions/s"\n',
+         "not a queue or topic"),
     ]
     for i, (toml, reason) in enumerate(cases):
         b = Broker(tmp_path / ("b%d" % i), queues=[], extra_toml=toml)

@@ -18,6 +18,7 @@
 pub mod bodies;
 mod forward;
 pub mod keys;
+mod paths;
 pub mod queue;
 pub mod registry;
 pub mod storage;
@@ -29,6 +30,7 @@ pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
     QueueConfig, QueueStats, ReceiveMode,
 };
+pub use paths::MAX_FORWARD_HOPS;
 pub use registry::{Entities, ResolveError, Resolved, SendTarget};
 pub use topic::{
     MessageView, Rewrite, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec,

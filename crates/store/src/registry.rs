@@ -6,10 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::forward::DeadLetterForward;
+use crate::paths;
 use crate::keys;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
-use crate::topic::{MessageView, Rewrite, Subscription, Topic, TopicSpec};
+use crate::topic::{self, MessageView, Rewrite, Subscription, Topic, TopicSpec};
 use crate::StoreError;
 
 /// The suffix that names a queue's dead-letter sub-queue (matched case-insensitively).
@@ -51,65 +52,6 @@ pub struct Entities {
 pub enum SendTarget {
     Queue(Arc<Queue>),
     Topic(Arc<Topic>),
-}
-
-/// Most entities a message may pass through by forwarding (Service Bus: 4 hops).
-pub const MAX_FORWARD_HOPS: usize = 4;
-
-/// The end of every queue's forwarding chain, or why the chains cannot be: a destination that
-/// does not exist or is a subscription, a queue that forwards to itself, a cycle, or a chain
-/// longer than [`MAX_FORWARD_HOPS`].
-fn forwarding(
-    declared: &[(String, QueueConfig)],
-    queues: &HashMap<String, Arc<Queue>>,
-    topics: &std::collections::HashSet<String>,
-) -> Result<HashMap<String, String>, StoreError> {
-    let next: HashMap<String, String> = declared
-        .iter()
-        .filter_map(|(n, c)| {
-            c.forward_to
-                .as_ref()
-                .map(|f| (n.to_ascii_lowercase(), f.to_ascii_lowercase()))
-        })
-        .collect();
-    let mut ends = HashMap::new();
-    // in declaration order, so that a refusal names the same chain on every start
-    for (name, _) in declared {
-        let start = name.to_ascii_lowercase();
-        let Some(first) = next.get(&start) else {
-            continue;
-        };
-        let mut chain = vec![start.clone()];
-        let mut at = first.clone();
-        loop {
-            let exists = topics.contains(&at) || queues.contains_key(&at);
-            if !exists {
-                return Err(StoreError::Invalid(format!(
-                    "queue '{start}' forwards to '{at}', which is not a queue or topic"
-                )));
-            }
-            if chain.contains(&at) {
-                chain.push(at);
-                return Err(StoreError::Invalid(format!(
-                    "forwarding goes round in a circle: {}",
-                    chain.join(" -> ")
-                )));
-            }
-            chain.push(at.clone());
-            if chain.len() - 1 > MAX_FORWARD_HOPS {
-                return Err(StoreError::Invalid(format!(
-                    "forwarding chain longer than {MAX_FORWARD_HOPS} hops: {}",
-                    chain.join(" -> ")
-                )));
-            }
-            match next.get(&at) {
-                Some(n) => at = n.clone(),
-                None => break,
-            }
-        }
-        ends.insert(start, at);
-    }
-    Ok(ends)
 }
 
 impl Entities {
@@ -177,9 +119,13 @@ impl Entities {
         }
         // queues' forwarding chains, before the topics open (their subscriptions forward into
         // the same chains)
-        let topic_names: std::collections::HashSet<String> =
-            topics.iter().map(|t| t.name.to_ascii_lowercase()).collect();
-        let forwards = forwarding(queues, &map, &topic_names)?;
+        let declared = paths::names(queues, topics);
+        let chains = paths::queue_chains(queues, &|n: &str| declared.contains(n))?;
+        let order = paths::topic_order(topics, &chains)?;
+        let forwards: HashMap<String, String> = chains
+            .iter()
+            .map(|(from, c)| (from.clone(), c.end.clone()))
+            .collect();
         let mut sub_queues = map.clone();
         for (from, end) in &forwards {
             if let Some(q) = map.get(end) {
@@ -188,7 +134,8 @@ impl Entities {
                 sub_queues.remove(from);
             }
         }
-        let mut topic_map = HashMap::new();
+        // ids in declaration order; topics open after every topic they forward into
+        let mut named = Vec::with_capacity(topics.len());
         for spec in topics {
             let key = claim(&spec.name)?;
             let id = id_of(&key, &mut batch);
@@ -198,13 +145,23 @@ impl Entities {
                 let sub_key = claim(&path)?;
                 subs.push((path, id_of(&sub_key, &mut batch), config.clone()));
             }
+            named.push(Some((key, id, subs)));
+        }
+        let mut topic_map: HashMap<String, Arc<Topic>> = HashMap::new();
+        for i in order {
+            let (key, id, subs) = named[i].take().expect("each topic once");
+            let destinations = topic::Destinations {
+                queues: &sub_queues,
+                forwards: &forwards,
+                topics: &topic_map,
+            };
             let topic = Topic::open(
-                spec,
+                &topics[i],
                 id,
                 subs,
                 storage.clone(),
                 (view.clone(), rewrite.clone()),
-                &sub_queues,
+                destinations,
                 &mut batch,
             )?;
             for s in topic.subscriptions() {

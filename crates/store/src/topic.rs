@@ -70,9 +70,9 @@ pub struct SubscriptionConfig {
     /// A copy whose rules fail to evaluate goes to the dead-letter sub-queue
     /// (`DeadLetteringOnFilterEvaluationExceptions`); otherwise the failing rule does not match.
     pub dead_letter_on_filter_errors: bool,
-    /// The queue its copies are forwarded to (`ForwardTo`), if any: they are stored there
-    /// instead (at the end of that queue's own forwarding chain), in the same batch as the
-    /// published message. Forwarding to a topic is refused at start-up for now.
+    /// The queue or topic its copies are forwarded to (`ForwardTo`), if any: they are stored
+    /// at the end of that queue's own forwarding chain, or published to that topic, in the same
+    /// batch as the published message.
     pub forward_to: Option<String>,
 }
 
@@ -112,6 +112,8 @@ pub struct Subscription {
     /// Where its copies go: its own queue's index in the topic's targets, or the queue it
     /// forwards to.
     target: usize,
+    /// The topic it forwards its copies to (an index into the topic's `onward`), if it does.
+    onward: Option<usize>,
 }
 
 impl Subscription {
@@ -270,6 +272,8 @@ pub struct Topic {
     /// Where copies are stored: the subscriptions' queues (same indexes as `subs`), then the
     /// queues subscriptions forward to.
     targets: Vec<Arc<Queue>>,
+    /// Topics subscriptions forward to: their copies are published there, in the same batch.
+    onward: Vec<Arc<Topic>>,
     view: MessageView,
     rewrite: Rewrite,
     state: Mutex<State>,
@@ -288,6 +292,16 @@ pub(crate) struct Publication {
     scheduled_now: Vec<u64>,
     /// Messages published (duplicates left out).
     published: u64,
+    /// What forwarding subscriptions published to other topics (index into `onward`).
+    onward: Vec<(usize, Publication)>,
+}
+
+/// Where subscriptions may forward to when a topic opens: queues (by lower-case name, each
+/// standing for the end of its chain), the ends of queue chains, and the topics already open.
+pub(crate) struct Destinations<'a> {
+    pub queues: &'a HashMap<String, Arc<Queue>>,
+    pub forwards: &'a HashMap<String, String>,
+    pub topics: &'a HashMap<String, Arc<Topic>>,
 }
 
 #[derive(Default)]
@@ -316,6 +330,8 @@ enum CopyKind {
     Changed(Bytes),
     /// Straight to the dead-letter sub-queue (a rule failed), sharing the body.
     Dead(String, String),
+    /// Published to the topic the subscription forwards to (index into `onward`).
+    Onward(usize, Bytes),
 }
 
 /// Where one message goes: per subscription, the copies it gets.
@@ -330,7 +346,7 @@ impl Topic {
         subs: Vec<(String, u64, SubscriptionConfig)>,
         storage: Arc<dyn Storage>,
         (view, rewrite): (MessageView, Rewrite),
-        queues: &HashMap<String, Arc<Queue>>,
+        dests: Destinations<'_>,
         rules_batch: &mut Batch,
     ) -> Result<Arc<Topic>, StoreError> {
         let bodies = Arc::new(SharedBodies::default());
@@ -338,6 +354,7 @@ impl Topic {
         // the subscriptions' queues, then the queues they forward to
         let mut targets: Vec<Arc<Queue>> = Vec::with_capacity(subs.len());
         let mut forwards: Vec<Option<Arc<Queue>>> = Vec::with_capacity(subs.len());
+        let mut onward: Vec<Arc<Topic>> = Vec::new();
         for (path, sub_id, c) in subs {
             // the topic's size limit holds for each subscription; duplicates are the topic's
             let config = QueueConfig {
@@ -353,13 +370,30 @@ impl Topic {
                 Some(bodies.clone()),
             )?;
             let rules = load_rules(storage.as_ref(), &path, sub_id, &c.rules, rules_batch)?;
-            let forward = match &c.forward_to {
-                None => None,
-                Some(dest) => Some(queues.get(&dest.to_ascii_lowercase()).filter(|q| !q.is_subscription()).cloned().ok_or_else(|| {
-                    StoreError::Invalid(format!(
-                        "subscription '{path}' forwards to '{dest}', which is not a queue, or a queue whose own forwarding ends at a queue (forwarding from a subscription to a topic is not supported yet)"
-                    ))
-                })?),
+            let (forward, to_topic) = match &c.forward_to {
+                None => (None, None),
+                Some(dest) => {
+                    let d = dest.to_ascii_lowercase();
+                    let end = dests.forwards.get(&d).unwrap_or(&d);
+                    if let Some(t) = dests.topics.get(end) {
+                        let at = match onward.iter().position(|o| Arc::ptr_eq(o, t)) {
+                            Some(at) => at,
+                            None => {
+                                onward.push(t.clone());
+                                onward.len() - 1
+                            }
+                        };
+                        (None, Some(at))
+                    } else {
+                        let q = dests.queues.get(&d).filter(|q| !q.is_subscription());
+                        let q = q.cloned().ok_or_else(|| {
+                            StoreError::Invalid(format!(
+                                "subscription '{path}' forwards to '{dest}', which is not a queue or topic"
+                            ))
+                        })?;
+                        (Some(q), None)
+                    }
+                }
             };
             forwards.push(forward);
             targets.push(queue.clone());
@@ -370,6 +404,7 @@ impl Topic {
                 rules: Mutex::new((Arc::new(rules), HashSet::new())),
                 dead_letter_on_filter_errors: c.dead_letter_on_filter_errors,
                 target: 0,
+                onward: to_topic,
             });
         }
         for (i, (s, f)) in opened.iter_mut().zip(forwards).enumerate() {
@@ -411,6 +446,7 @@ impl Topic {
             name: spec.name.clone(),
             id,
             targets,
+            onward,
             config: spec.config.clone(),
             storage,
             bodies,
@@ -487,9 +523,14 @@ impl Topic {
             let mut copies = 0;
             // a forwarded copy is stored in the destination queue with a body of its own
             let forwarded = s.target != i;
+            // a copy for another topic is published there, made with the bytes it carries
+            let own = |bytes: Bytes| match s.onward {
+                Some(o) => CopyKind::Onward(o, bytes),
+                None => CopyKind::Changed(bytes),
+            };
             if sel.plain {
-                let kind = if forwarded {
-                    CopyKind::Changed(payload.clone())
+                let kind = if forwarded || s.onward.is_some() {
+                    own(payload.clone())
                 } else {
                     CopyKind::Shared
                 };
@@ -499,7 +540,7 @@ impl Topic {
             for (rule, changes) in &sel.with_actions {
                 match (self.rewrite)(payload, &rule.name, changes) {
                     Ok(bytes) => {
-                        out.push((s.target, CopyKind::Changed(bytes)));
+                        out.push((s.target, own(bytes)));
                         copies += 1;
                     }
                     Err(e) => {
@@ -602,7 +643,7 @@ impl Topic {
                     // copies an action changed have bodies of their own
                     let n = fanout
                         .iter()
-                        .filter(|(_, k)| !matches!(k, CopyKind::Changed(_)))
+                        .filter(|(_, k)| matches!(k, CopyKind::Shared | CopyKind::Dead(..)))
                         .count() as u32;
                     if n > 0 {
                         batch.put(Cf::Body, keys::body_key(self.id, tseq), body.encode());
@@ -615,6 +656,25 @@ impl Topic {
                             CopyKind::Changed(bytes) => (None, bytes, None),
                             CopyKind::Dead(r, d) => {
                                 (Some(body_at), body.payload.clone(), Some((r, d)))
+                            }
+                            CopyKind::Onward(o, bytes) => {
+                                let onward = NewMessage {
+                                    payload: bytes.clone(),
+                                    scheduled_ms: at,
+                                    ttl_ms: expires.map(|e| {
+                                        e.saturating_sub(at.unwrap_or(now)).max(1) as u64
+                                    }),
+                                    message_id: None,
+                                    dead_lettered: carried.clone(),
+                                };
+                                // published there in this batch; if that topic refuses it (a
+                                // subscription of it is full), the copy stays here
+                                let (mut out, publ) = self.onward[o].stage(vec![vec![onward]], batch);
+                                if let Some(Ok(_)) = out.pop() {
+                                    p.onward.push((o, publ));
+                                    continue;
+                                }
+                                (None, bytes, None)
                             }
                         };
                         let copy = Copy {
@@ -649,6 +709,9 @@ impl Topic {
 
     /// The batch of a [`Topic::stage`] is durable: the copies become available.
     pub(crate) fn commit(&self, p: Publication) {
+        for (o, publ) in p.onward {
+            self.onward[o].commit(publ);
+        }
         self.stats
             .published
             .fetch_add(p.published, Ordering::Relaxed);
@@ -668,6 +731,9 @@ impl Topic {
 
     /// The batch of a [`Topic::stage`] failed: nothing of it is held.
     pub(crate) fn forget(&self, p: Publication) {
+        for (o, publ) in p.onward {
+            self.onward[o].forget(publ);
+        }
         for (i, s) in &p.staged {
             self.targets[*i].forget_copies(std::slice::from_ref(s));
         }

@@ -530,6 +530,109 @@ macro_rules! topic_suite {
         }
 
         #[test]
+        fn a_subscription_forwards_its_copies_to_another_topic() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let to = |dest: &str| $crate::SubscriptionConfig {
+                forward_to: Some(dest.into()),
+                ..$crate::SubscriptionConfig::default()
+            };
+            // declared before the topic it forwards into: topics open in dependency order
+            let first = TopicSpec {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                subscriptions: vec![
+                    ("fwd".to_string(), to("U")),
+                    ("keep".to_string(), $crate::SubscriptionConfig::default()),
+                ],
+            };
+            let second = TopicSpec {
+                name: "u".into(),
+                config: TopicConfig {
+                    max_size_bytes: 64,
+                    ..TopicConfig::default()
+                },
+                subscriptions: vec![
+                    ("x".to_string(), $crate::SubscriptionConfig::default()),
+                    sql_sub("y", "color = 'red'"),
+                ],
+            };
+            let e = $crate::Entities::open_all(
+                s.clone(),
+                &[],
+                &[first, second],
+                text_view(),
+                text_rewrite(),
+            )
+            .unwrap();
+            publish_text(&e, &["color=red", "color=blue"]);
+            let texts = |got: Vec<(u64, String)>| got.into_iter().map(|g| g.1).collect::<Vec<_>>();
+            let (_x, _, x) = take(&e, "u/Subscriptions/x", 10);
+            assert_eq!(texts(x), vec!["color=red", "color=blue"]);
+            let (_y, _, y) = take(&e, "u/Subscriptions/y", 10);
+            assert_eq!(texts(y), vec!["color=red"]);
+            let (_k, _, keep) = take(&e, "t/Subscriptions/keep", 10);
+            assert_eq!(texts(keep), vec!["color=red", "color=blue"]);
+            let (_f, _, fwd) = take(&e, "t/Subscriptions/fwd", 10);
+            assert!(fwd.is_empty(), "a forwarding subscription holds nothing");
+            assert_eq!(e.topic("u").unwrap().stats().published, 2);
+            // 'u' is full now (64 bytes a subscription): the copy stays where it was
+            let big = "color=green;".repeat(6);
+            publish_text(&e, &[big.as_str()]);
+            let (_f2, _, kept) = take(&e, "t/Subscriptions/fwd", 10);
+            assert_eq!(texts(kept), vec![big.clone()]);
+            assert_eq!(e.topic("u").unwrap().stats().published, 2);
+        }
+
+        #[test]
+        fn forwarding_through_topics_that_cannot_end_is_refused_at_start() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let topic = |name: &str, to: Option<&str>| TopicSpec {
+                name: name.into(),
+                config: TopicConfig::default(),
+                subscriptions: vec![(
+                    "s".to_string(),
+                    $crate::SubscriptionConfig {
+                        forward_to: to.map(str::to_string),
+                        ..$crate::SubscriptionConfig::default()
+                    },
+                )],
+            };
+            let q = |name: &str, to: Option<&str>| {
+                (
+                    name.to_string(),
+                    QueueConfig {
+                        forward_to: to.map(str::to_string),
+                        ..QueueConfig::default()
+                    },
+                )
+            };
+            let refused = |queues: &[(String, QueueConfig)], topics: &[TopicSpec]| -> String {
+                match $crate::Entities::open_all(s.clone(), queues, topics, text_view(), text_rewrite()) {
+                    Ok(_) => panic!("accepted"),
+                    Err(e) => e.to_string(),
+                }
+            };
+            let why = refused(&[], &[topic("t", Some("t"))]);
+            assert!(why.contains("circle") && why.contains("t -> t/subscriptions/s -> t"), "{why}");
+            let why = refused(&[], &[topic("t", Some("u")), topic("u", Some("t"))]);
+            assert!(why.contains("circle"), "{why}");
+            let why = refused(&[q("a", Some("t"))], &[topic("t", Some("a"))]);
+            assert!(why.contains("circle"), "{why}");
+            // a -> b -> topic t -> its subscription -> c -> d -> e: five forwards
+            let long = [q("a", Some("b")), q("b", Some("t")), q("c", Some("d")), q("d", Some("e")), q("e", None)];
+            let why = refused(&long, &[topic("t", Some("c"))]);
+            assert!(why.contains("longer than 4 hops"), "{why}");
+            let why = refused(&[], &[topic("t", Some("nowhere"))]);
+            assert!(why.contains("not a queue or topic"), "{why}");
+            // four forwards are fine
+            let ok = [q("a", Some("b")), q("b", Some("t")), q("c", Some("d")), q("d", None)];
+            $crate::Entities::open_all(s.clone(), &ok, &[topic("t", Some("c"))], text_view(), text_rewrite())
+                .expect("four hops");
+        }
+
+        #[test]
         fn forwarding_that_cannot_work_is_refused_at_start() {
             let _end = $crate::testing::TestGuard;
             let s: Arc<dyn Storage> = $storage;
