@@ -26,11 +26,11 @@ pub mod storage;
 pub mod testing;
 pub mod topic;
 
+pub use paths::MAX_FORWARD_HOPS;
 pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
     QueueConfig, QueueStats, ReceiveMode,
 };
-pub use paths::MAX_FORWARD_HOPS;
 pub use registry::{Entities, ResolveError, Resolved, SendTarget};
 pub use topic::{
     MessageView, Rewrite, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec,

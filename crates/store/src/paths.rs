@@ -121,7 +121,10 @@ pub(crate) fn topic_order(
             if c.hops + depth > MAX_FORWARD_HOPS {
                 return Err(too_long(&[
                     start.clone(),
-                    format!("... ({} hops to '{}', {} more after it)", c.hops, c.end, depth),
+                    format!(
+                        "... ({} hops to '{}', {} more after it)",
+                        c.hops, c.end, depth
+                    ),
                 ]));
             }
         }

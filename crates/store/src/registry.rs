@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::forward::DeadLetterForward;
-use crate::paths;
 use crate::keys;
+use crate::paths;
 use crate::queue::{Lane, Queue, QueueConfig};
 use crate::storage::{Batch, Cf, Storage};
 use crate::topic::{self, MessageView, Rewrite, Subscription, Topic, TopicSpec};

@@ -661,15 +661,15 @@ impl Topic {
                                 let onward = NewMessage {
                                     payload: bytes.clone(),
                                     scheduled_ms: at,
-                                    ttl_ms: expires.map(|e| {
-                                        e.saturating_sub(at.unwrap_or(now)).max(1) as u64
-                                    }),
+                                    ttl_ms: expires
+                                        .map(|e| e.saturating_sub(at.unwrap_or(now)).max(1) as u64),
                                     message_id: None,
                                     dead_lettered: carried.clone(),
                                 };
                                 // published there in this batch; if that topic refuses it (a
                                 // subscription of it is full), the copy stays here
-                                let (mut out, publ) = self.onward[o].stage(vec![vec![onward]], batch);
+                                let (mut out, publ) =
+                                    self.onward[o].stage(vec![vec![onward]], batch);
                                 if let Some(Ok(_)) = out.pop() {
                                     p.onward.push((o, publ));
                                     continue;

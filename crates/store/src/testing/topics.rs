@@ -573,8 +573,9 @@ macro_rules! topic_suite {
             assert_eq!(texts(y), vec!["color=red"]);
             let (_k, _, keep) = take(&e, "t/Subscriptions/keep", 10);
             assert_eq!(texts(keep), vec!["color=red", "color=blue"]);
-            let (_f, _, fwd) = take(&e, "t/Subscriptions/fwd", 10);
+            let (f, _, fwd) = take(&e, "t/Subscriptions/fwd", 10);
             assert!(fwd.is_empty(), "a forwarding subscription holds nothing");
+            drop(f);
             assert_eq!(e.topic("u").unwrap().stats().published, 2);
             // 'u' is full now (64 bytes a subscription): the copy stays where it was
             let big = "color=green;".repeat(6);
@@ -609,27 +610,53 @@ macro_rules! topic_suite {
                 )
             };
             let refused = |queues: &[(String, QueueConfig)], topics: &[TopicSpec]| -> String {
-                match $crate::Entities::open_all(s.clone(), queues, topics, text_view(), text_rewrite()) {
+                match $crate::Entities::open_all(
+                    s.clone(),
+                    queues,
+                    topics,
+                    text_view(),
+                    text_rewrite(),
+                ) {
                     Ok(_) => panic!("accepted"),
                     Err(e) => e.to_string(),
                 }
             };
             let why = refused(&[], &[topic("t", Some("t"))]);
-            assert!(why.contains("circle") && why.contains("t -> t/subscriptions/s -> t"), "{why}");
+            assert!(
+                why.contains("circle") && why.contains("t -> t/subscriptions/s -> t"),
+                "{why}"
+            );
             let why = refused(&[], &[topic("t", Some("u")), topic("u", Some("t"))]);
             assert!(why.contains("circle"), "{why}");
             let why = refused(&[q("a", Some("t"))], &[topic("t", Some("a"))]);
             assert!(why.contains("circle"), "{why}");
             // a -> b -> topic t -> its subscription -> c -> d -> e: five forwards
-            let long = [q("a", Some("b")), q("b", Some("t")), q("c", Some("d")), q("d", Some("e")), q("e", None)];
+            let long = [
+                q("a", Some("b")),
+                q("b", Some("t")),
+                q("c", Some("d")),
+                q("d", Some("e")),
+                q("e", None),
+            ];
             let why = refused(&long, &[topic("t", Some("c"))]);
             assert!(why.contains("longer than 4 hops"), "{why}");
             let why = refused(&[], &[topic("t", Some("nowhere"))]);
             assert!(why.contains("not a queue or topic"), "{why}");
             // four forwards are fine
-            let ok = [q("a", Some("b")), q("b", Some("t")), q("c", Some("d")), q("d", None)];
-            $crate::Entities::open_all(s.clone(), &ok, &[topic("t", Some("c"))], text_view(), text_rewrite())
-                .expect("four hops");
+            let ok = [
+                q("a", Some("b")),
+                q("b", Some("t")),
+                q("c", Some("d")),
+                q("d", None),
+            ];
+            $crate::Entities::open_all(
+                s.clone(),
+                &ok,
+                &[topic("t", Some("c"))],
+                text_view(),
+                text_rewrite(),
+            )
+            .expect("four hops");
         }
 
         #[test]
