@@ -358,6 +358,11 @@ impl Queue {
         }))
     }
 
+    /// The queue's entity id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -27,6 +27,9 @@ use crate::queue::timing;
 use crate::storage::{decode_max, Batch, Cf, Storage};
 use crate::{now_ms, Completion, NewMessage, Queue, QueueConfig, StoreError};
 
+mod schedule;
+use schedule::{Place, Scheduled};
+
 /// The reason given to copies dead-lettered because a rule could not be evaluated on them.
 pub const FILTER_EVALUATION_FAILED: &str = "FilterEvaluationException";
 
@@ -257,8 +260,8 @@ fn load_rules(
 struct State {
     next_seq: u64,
     dedup: History,
-    /// Scheduled messages by topic sequence number: due time and (subscription, copy).
-    scheduled: HashMap<u64, (i64, Vec<(usize, u64)>)>,
+    /// Scheduled messages by topic sequence number.
+    scheduled: Scheduled,
 }
 
 /// A topic and its subscriptions.
@@ -433,15 +436,16 @@ impl Topic {
         if !stale.is_empty() {
             storage.write(stale, Box::new(|_| {}));
         }
-        let mut scheduled: HashMap<u64, (i64, Vec<(usize, u64)>)> = HashMap::new();
+        let mut scheduled = Scheduled::new();
         for (i, s) in opened.iter().enumerate() {
             for (seq, (owner, tseq), at) in s.queue.scheduled_shared() {
                 if owner == id {
                     let e = scheduled.entry(tseq).or_insert((at, Vec::new()));
-                    e.1.push((i, seq));
+                    e.1.push((Place::Target(i), seq));
                 }
             }
         }
+        schedule::recover_forwarded(storage.as_ref(), id, (&targets, &onward), &mut scheduled)?;
         Ok(Arc::new(Topic {
             name: spec.name.clone(),
             id,
@@ -670,8 +674,13 @@ impl Topic {
                                 // subscription of it is full), the copy stays here
                                 let (mut out, publ) =
                                     self.onward[o].stage(vec![vec![onward]], batch);
-                                if let Some(Ok(_)) = out.pop() {
+                                if let Some(Ok(there)) = out.pop() {
                                     p.onward.push((o, publ));
+                                    if let (Some(due), Some(seq)) = (at, there.first()) {
+                                        let e =
+                                            st.scheduled.entry(tseq).or_insert((due, Vec::new()));
+                                        e.1.push((Place::Onward(o), *seq));
+                                    }
                                     continue;
                                 }
                                 (None, bytes, None)
@@ -689,13 +698,14 @@ impl Topic {
                         for s in self.targets[i].stage_copies(vec![copy], batch) {
                             if let Some(due) = s.scheduled_ms() {
                                 let e = st.scheduled.entry(tseq).or_insert((due, Vec::new()));
-                                e.1.push((i, s.seq()));
+                                e.1.push((Place::Target(i), s.seq()));
                             }
                             p.staged.push((i, s));
                         }
                     }
-                    if st.scheduled.contains_key(&tseq) {
+                    if let Some((due, copies)) = st.scheduled.get(&tseq) {
                         p.scheduled_now.push(tseq);
+                        self.record_forwarded(tseq, *due, copies, batch);
                     }
                 }
                 outcomes.push(Ok(seqs));
@@ -760,77 +770,5 @@ impl Topic {
             }
         }
         Ok(())
-    }
-
-    /// Cancels scheduled messages by topic sequence number: their copies leave every
-    /// subscription. A number that is not scheduled (or whose time came) is
-    /// [`StoreError::NotFound`], and then nothing is cancelled.
-    pub fn cancel_scheduled(self: &Arc<Self>, seqs: &[u64], done: Completion<()>) {
-        let mut work: Vec<(usize, u64)> = Vec::new();
-        {
-            let mut st = self.lock();
-            for seq in seqs {
-                let live = st.scheduled.get(seq).is_some_and(|(_, copies)| {
-                    copies
-                        .iter()
-                        .any(|(i, s)| self.targets[*i].is_scheduled(*s))
-                });
-                if !live {
-                    return done(Err(StoreError::NotFound(format!(
-                        "no scheduled message with sequence number {seq}"
-                    ))));
-                }
-            }
-            for seq in seqs {
-                if let Some((_, copies)) = st.scheduled.remove(seq) {
-                    work.extend(
-                        copies
-                            .into_iter()
-                            .filter(|(i, s)| self.targets[*i].is_scheduled(*s)),
-                    );
-                }
-            }
-        }
-        let pending = Arc::new(Mutex::new((work.len(), None, Some(done))));
-        for (i, s) in work {
-            let pending = pending.clone();
-            self.targets[i].cancel_scheduled(
-                &[s],
-                Box::new(move |r| {
-                    let mut p = pending.lock().expect("cancel state poisoned");
-                    p.0 -= 1;
-                    if let Err(e) = r {
-                        p.1.get_or_insert(e);
-                    }
-                    if p.0 == 0 {
-                        if let Some(done) = p.2.take() {
-                            let err = p.1.take();
-                            drop(p);
-                            done(err.map_or(Ok(()), Err));
-                        }
-                    }
-                }),
-            );
-        }
-    }
-
-    /// Forgets scheduled messages whose time came (their copies are ordinary messages now),
-    /// and message-ids older than the duplicate-detection window.
-    pub fn sweep(&self, now: i64) {
-        let mut pending = Batch::default();
-        {
-            let mut st = self.lock();
-            st.scheduled.retain(|_, (at, _)| *at > now);
-            let window = self.config.duplicate_detection_ms;
-            if window > 0 {
-                for id in st.dedup.prune(now, window) {
-                    pending.delete(Cf::Dedup, keys::dedup_key(self.id, &id));
-                }
-            }
-        }
-        if !pending.is_empty() {
-            pending.lazy = true;
-            self.storage.write(pending, Box::new(|_| {}));
-        }
     }
 }

@@ -11,6 +11,7 @@
 //! | ref | consumer id (u64) + lane (u8) + seq (u64) | [`RefRecord`] |
 //! | meta | `R` + subscription id + rule name (lower case) | [`rules::encode_rule`] |
 //! | meta | `C` + subscription id | the subscription's rules as last declared in the configuration |
+//! | meta | `F` + topic id + topic seq | a scheduled message's forwarded copies ([`ForwardedSchedule`]) |
 //!
 //! A topic's message has one body, at the topic's id and the topic's sequence number, and one
 //! reference per subscription copy; each reference names that body
@@ -30,6 +31,64 @@ pub fn entity_key(name: &str) -> Vec<u8> {
     k.push(b'E');
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// Key in `meta` of where a topic's scheduled message has forwarded copies.
+pub fn forwarded_schedule_key(topic: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'F'];
+    k.extend_from_slice(&topic.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The range of a topic's [`forwarded_schedule_key`]s.
+pub fn forwarded_schedule_range(topic: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        forwarded_schedule_key(topic, 0),
+        forwarded_schedule_key(topic, u64::MAX),
+    )
+}
+
+/// Where a topic's scheduled message has copies that do not name its body (copies a
+/// subscription forwarded to a queue or published to another topic), so that cancelling it by
+/// the topic's sequence number reaches them after a restart too: each as (entity id, that
+/// entity's sequence number of the copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedSchedule {
+    /// When the message becomes available (ms since the epoch).
+    pub due_ms: i64,
+    pub copies: Vec<(u64, u64)>,
+}
+
+impl ForwardedSchedule {
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(13 + 16 * self.copies.len());
+        b.put_u8(VERSION);
+        b.put_i64(self.due_ms);
+        b.put_u32(self.copies.len() as u32);
+        for (entity, seq) in &self.copies {
+            b.put_u64(*entity);
+            b.put_u64(*seq);
+        }
+        b.freeze()
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Self, StoreError> {
+        let bad = || StoreError::Corrupt("forwarded schedule record".into());
+        if v.len() < 13 || v[0] != VERSION {
+            return Err(bad());
+        }
+        let due_ms = i64::from_be_bytes(v[1..9].try_into().expect("8 bytes"));
+        let n = u32::from_be_bytes(v[9..13].try_into().expect("4 bytes")) as usize;
+        if v.len() != 13 + 16 * n {
+            return Err(bad());
+        }
+        let copies = v[13..]
+            .chunks_exact(16)
+            .map(|c| (u64_at(c, 0), u64_at(c, 8)))
+            .collect();
+        Ok(ForwardedSchedule { due_ms, copies })
+    }
 }
 
 /// Key of an entity's last assigned sequence number in `meta`.
@@ -357,5 +416,11 @@ mod tests {
         assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 9]).is_err());
         assert!(RefRecord::decode(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 2, 1]).is_err());
         assert!(BodyRecord::decode(&Bytes::from_static(&[9; 12])).is_err());
+        let f = ForwardedSchedule {
+            due_ms: 1_800_000_000_000,
+            copies: vec![(3, 9), (u64::MAX, 1)],
+        };
+        assert_eq!(ForwardedSchedule::decode(&f.encode()).unwrap(), f);
+        assert!(ForwardedSchedule::decode(&f.encode()[..20]).is_err());
     }
 }

@@ -586,6 +586,91 @@ macro_rules! topic_suite {
         }
 
         #[test]
+        fn cancelling_reaches_forwarded_copies_before_and_after_a_restart() {
+            let _end = $crate::testing::TestGuard;
+            let s: Arc<dyn Storage> = $storage;
+            let to = |dest: &str| $crate::SubscriptionConfig {
+                forward_to: Some(dest.into()),
+                ..$crate::SubscriptionConfig::default()
+            };
+            let specs = [
+                TopicSpec {
+                    name: "t".into(),
+                    config: TopicConfig::default(),
+                    subscriptions: vec![
+                        ("to-queue".to_string(), to("inbox")),
+                        ("to-topic".to_string(), to("u")),
+                        ("keep".to_string(), $crate::SubscriptionConfig::default()),
+                    ],
+                },
+                TopicSpec {
+                    name: "u".into(),
+                    config: TopicConfig::default(),
+                    subscriptions: vec![("x".to_string(), $crate::SubscriptionConfig::default())],
+                },
+            ];
+            let queues = vec![("inbox".to_string(), QueueConfig::default())];
+            let open = || {
+                $crate::Entities::open_all(s.clone(), &queues, &specs, text_view(), text_rewrite())
+                    .unwrap()
+            };
+            let waiting = |e: &$crate::Entities| {
+                ["inbox", "u/Subscriptions/x", "t/Subscriptions/keep"]
+                    .map(|p| e.resolve(p).unwrap().queue.stats().scheduled)
+            };
+            let e = open();
+            let later = $crate::now_ms() + 3_600_000;
+            let mk = |p: &str| NewMessage {
+                scheduled_ms: Some(later),
+                ..text(p)
+            };
+            let out = publish(&e, vec![mk("n=1"), mk("n=2")]);
+            assert_eq!(
+                (out[0].clone().unwrap(), out[1].clone().unwrap()),
+                (vec![1], vec![2])
+            );
+            assert_eq!(waiting(&e), [2, 2, 2]);
+            let id = s
+                .get_many($crate::storage::Cf::Meta, &[$crate::keys::entity_key("t")])
+                .unwrap()[0]
+                .clone()
+                .expect("t has an id");
+            let (lo, hi) = $crate::keys::forwarded_schedule_range(u64::from_be_bytes(
+                id.as_ref().try_into().unwrap(),
+            ));
+            let records = || s.scan($crate::storage::Cf::Meta, &lo, &hi).unwrap().len();
+            assert_eq!(
+                records(),
+                2,
+                "each scheduled message records its forwarded copies"
+            );
+            cancel(&e, &[1]).unwrap();
+            assert_eq!(waiting(&e), [1, 1, 1]);
+            let _crashed = e;
+            let e = open();
+            assert_eq!(waiting(&e), [1, 1, 1]);
+            cancel(&e, &[2]).unwrap();
+            assert_eq!(
+                waiting(&e),
+                [0, 0, 0],
+                "every copy went, forwarded ones too"
+            );
+            assert!(matches!(cancel(&e, &[2]), Err(StoreError::NotFound(_))));
+            barrier(s.as_ref());
+            assert_eq!(
+                records(),
+                0,
+                "the records of cancelled messages are deleted"
+            );
+            // and those of messages whose time came
+            publish(&e, vec![mk("n=3")]);
+            assert_eq!(records(), 1);
+            e.topic("t").unwrap().sweep(later + 1);
+            barrier(s.as_ref());
+            assert_eq!(records(), 0);
+        }
+
+        #[test]
         fn forwarding_through_topics_that_cannot_end_is_refused_at_start() {
             let _end = $crate::testing::TestGuard;
             let s: Arc<dyn Storage> = $storage;
