@@ -440,6 +440,17 @@ name = "end"
             s.send_messages(ServiceBusMessage("forwarded"), timeout=SEND_TIMEOUT)
             soon = datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
             s.schedule_messages(ServiceBusMessage("scheduled"), soon, timeout=MGMT_TIMEOUT)
+            # cancelled through the same queue: its copies go from every place they were put
+            later = datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
+            (seq,) = s.schedule_messages(ServiceBusMessage("cancelled"), later, timeout=MGMT_TIMEOUT)
+            s.cancel_scheduled_messages(seq, timeout=MGMT_TIMEOUT)
+        peeked = []
+        with c.get_queue_receiver("final", **HANDLER_KW) as r:
+            peeked += r.peek_messages(max_message_count=10, timeout=MGMT_TIMEOUT)
+        for topic, sub in (("hub", "keep"), ("edge", "end")):
+            with sub_receiver(c, topic, sub) as r:
+                peeked += r.peek_messages(max_message_count=10, timeout=MGMT_TIMEOUT)
+        assert b"cancelled" not in [body_of(m) for m in peeked]
         with c.get_queue_receiver("final", **HANDLER_KW) as r:
             got = receive_n(r, 2)
             assert sorted(body_of(m) for m in got) == [b"forwarded", b"scheduled"]
