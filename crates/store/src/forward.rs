@@ -12,6 +12,7 @@
 //! A destination that has no room refuses the batch: the messages stay in the dead-letter
 //! lane (receivable there) and are tried again on the next sweep.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -111,5 +112,55 @@ impl DeadLetterForward {
                 }))
             }
         }
+    }
+}
+
+/// Refuses dead-letter forwarding that could bring a message back to an entity it was
+/// dead-lettered in (directly, through `ForwardTo`, or through a topic's subscriptions): such a
+/// message could go round for ever, e.g. expiring again wherever it arrives.
+pub(crate) fn refuse_circles(forwards: &[DeadLetterForward]) -> Result<(), crate::StoreError> {
+    let key = |q: &Queue| q.name().to_ascii_lowercase();
+    let edges: HashMap<String, Vec<Arc<Queue>>> = forwards
+        .iter()
+        .map(|f| (key(&f.from), landings(&f.to)))
+        .collect();
+    let mut starts: Vec<&DeadLetterForward> = forwards.iter().collect();
+    starts.sort_by_key(|f| key(&f.from));
+    for f in starts {
+        let start = key(&f.from);
+        // breadth first, remembering how each entity was reached
+        let mut came_from: HashMap<String, String> = HashMap::new();
+        let mut queue: VecDeque<String> = VecDeque::from([start.clone()]);
+        while let Some(at) = queue.pop_front() {
+            for next in edges.get(&at).into_iter().flatten() {
+                let n = key(next);
+                if n == start {
+                    let mut path = vec![n, at.clone()];
+                    let mut back = at.clone();
+                    while let Some(prev) = came_from.get(&back) {
+                        path.push(prev.clone());
+                        back = prev.clone();
+                    }
+                    path.reverse();
+                    return Err(crate::StoreError::Invalid(format!(
+                        "dead-lettered messages would be forwarded round in a circle: {}",
+                        path.join(" -> ")
+                    )));
+                }
+                if n != start && !came_from.contains_key(&n) {
+                    came_from.insert(n.clone(), at.clone());
+                    queue.push_back(n);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The queues and subscriptions a message sent to `target` can be stored in.
+fn landings(target: &SendTarget) -> Vec<Arc<Queue>> {
+    match target {
+        SendTarget::Queue(q) => vec![q.clone()],
+        SendTarget::Topic(t) => t.landings(),
     }
 }

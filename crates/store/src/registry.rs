@@ -211,6 +211,7 @@ impl Entities {
                 None => return refuse("which is not a queue or topic"),
             }
         }
+        crate::forward::refuse_circles(&out)?;
         Ok(out)
     }
 

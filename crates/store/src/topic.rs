@@ -495,6 +495,20 @@ impl Topic {
         }
     }
 
+    /// The queues a message published here can be stored in: each subscription's (or the
+    /// queue it forwards to), and those of the topics subscriptions forward to.
+    pub(crate) fn landings(&self) -> Vec<Arc<Queue>> {
+        let mut out = Vec::new();
+        for s in &self.subs {
+            out.push(self.targets[s.target].clone());
+            if let Some(o) = s.onward {
+                // its copies go there; one the other topic refuses stays here
+                out.extend(self.onward[o].landings());
+            }
+        }
+        out
+    }
+
     /// Bodies with references left (for tests).
     pub fn stored_bodies(&self) -> usize {
         self.bodies.len()

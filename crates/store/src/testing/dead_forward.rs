@@ -263,6 +263,39 @@ macro_rules! dead_forward_suite {
             assert!(why.contains("a subscription"), "{why}");
             let why = refused(&[forwarding("work", Some("nowhere"), 1)]);
             assert!(why.contains("not a queue or topic"), "{why}");
+            // nothing dead-lettered may come back where it was dead-lettered
+            let why = refused(&[forwarding("a", Some("b"), 1), forwarding("b", Some("A"), 1)]);
+            assert!(why.contains("circle: a -> b -> a"), "{why}");
+            let back = (
+                "b".to_string(),
+                QueueConfig {
+                    forward_to: Some("a".into()),
+                    ..QueueConfig::default()
+                },
+            );
+            let why = refused(&[forwarding("a", Some("b"), 1), back]);
+            assert!(why.contains("circle: a -> a"), "{why}");
+            let own_topic = SubscriptionConfig {
+                queue: QueueConfig {
+                    forward_dead_lettered_to: Some("audit".into()),
+                    ..QueueConfig::default()
+                },
+                ..SubscriptionConfig::default()
+            };
+            let mut audit = audit_topic();
+            audit.subscriptions.push(("loop".to_string(), own_topic));
+            let why = match open(&s, &[], &[audit]) {
+                Ok(_) => panic!("accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(why.contains("audit/subscriptions/loop -> audit/subscriptions/loop"), "{why}");
+            // a chain that ends is fine
+            let chain = [
+                forwarding("a", Some("b"), 1),
+                forwarding("b", Some("c"), 1),
+                forwarding("c", None, 1),
+            ];
+            open(&s, &chain, &[]).expect("a chain of dead-letter forwards");
         }
     };
 }
