@@ -288,7 +288,10 @@ macro_rules! dead_forward_suite {
                 Ok(_) => panic!("accepted"),
                 Err(e) => e.to_string(),
             };
-            assert!(why.contains("audit/subscriptions/loop -> audit/subscriptions/loop"), "{why}");
+            assert!(
+                why.contains("audit/subscriptions/loop -> audit/subscriptions/loop"),
+                "{why}"
+            );
             // a chain that ends is fine
             let chain = [
                 forwarding("a", Some("b"), 1),
