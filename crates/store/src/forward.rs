@@ -10,7 +10,9 @@
 //! bytes, with the dead-letter reason, description and source entity.
 //!
 //! A destination that has no room refuses the batch: the messages stay in the dead-letter
-//! lane (receivable there) and are tried again on the next sweep.
+//! lane (receivable there) and are tried again on the next sweep. Forwarding that could bring
+//! a dead letter back to an entity it was dead-lettered in is refused at start-up
+//! ([`refuse_circles`]), so no message goes round for ever.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -216,7 +216,7 @@ impl Entities {
     }
 
     /// Moves what the dead-letter sub-queues that forward (`ForwardDeadLetteredMessagesTo`)
-    /// hold to their destinations (see [`crate::forward`]); the broker calls it periodically.
+    /// hold to their destinations (`store/src/forward.rs`); the broker calls it periodically.
     pub fn forward_dead_letters(&self) {
         for f in &self.dead_forwards {
             f.run();
