@@ -480,6 +480,11 @@ def test_forwarding_that_cannot_work_stops_the_broker_with_the_reason(tmp_path):
          "t -> t/subscriptions/s -> t"),
         ('[[topics]]\nname = "t"\n[[topics.subscriptions]]\nname = "s"\nforward_to = "t/subscriptions/s"\n',
          "not a queue or topic"),
+        # dead letters that could come back where they were dead-lettered
+        ('[[queues]]\nname = "a"\nforward_dead_lettered_messages_to = "b"\n'
+         '[[queues]]\nname = "b"\nforward_dead_lettered_messages_to = "a"\n', "circle: a -> b -> a"),
+        ('[[topics]]\nname = "t"\n[[topics.subscriptions]]\nname = "s"\n'
+         'forward_dead_lettered_messages_to = "t"\n', "t/subscriptions/s -> t/subscriptions/s"),
     ]
     for i, (toml, reason) in enumerate(cases):
         b = Broker(tmp_path / ("b%d" % i), queues=[], extra_toml=toml)

@@ -283,7 +283,6 @@ pub struct Topic {
     stats: Stats,
 }
 
-/// Counters for metrics.
 /// What a [`Topic::stage`] staged, to make visible or take back once its batch is written.
 #[derive(Default)]
 pub(crate) struct Publication {
@@ -307,6 +306,7 @@ pub(crate) struct Destinations<'a> {
     pub topics: &'a HashMap<String, Arc<Topic>>,
 }
 
+/// Counters for metrics.
 #[derive(Default)]
 struct Stats {
     published: AtomicU64,
