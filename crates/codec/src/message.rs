@@ -200,6 +200,41 @@ impl Sections {
         first.is_some_and(|code| *code != 0x40)
     }
 
+    /// The message's group-id (the 11th field of its properties; Service Bus's SessionId),
+    /// read from the bytes without decoding the section. `None` when it is absent, null or
+    /// not a string.
+    pub fn group_id<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
+        let sec = payload.get(self.properties.clone()?)?;
+        let d = value_len(sec.get(1..)?).ok()?;
+        let list = sec.get(1 + d..)?;
+        // the list's count and where its first element starts
+        let (count, mut at) = match *list.first()? {
+            0xc0 => (*list.get(2)? as usize, 3),
+            0xd0 => (
+                u32::from_be_bytes(list.get(5..9)?.try_into().ok()?) as usize,
+                9,
+            ),
+            _ => return None,
+        };
+        const GROUP_ID: usize = 10;
+        if count <= GROUP_ID {
+            return None;
+        }
+        for _ in 0..GROUP_ID {
+            at += value_len(list.get(at..)?).ok()?;
+        }
+        let v = list.get(at..)?;
+        let text = match *v.first()? {
+            0xa1 => v.get(2..2 + *v.get(1)? as usize)?,
+            0xb1 => {
+                let n = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?) as usize;
+                v.get(5..5 + n)?
+            }
+            _ => return None,
+        };
+        std::str::from_utf8(text).ok()
+    }
+
     /// `payload` with `properties` (an encoded properties section) in place of its own
     /// properties section, or added where it belongs if it had none. Every other section
     /// keeps the producer's bytes.

@@ -36,6 +36,19 @@ pub struct EntityCounts {
     pub scheduled: u64,
     /// Messages expired since start.
     pub expired_total: u64,
+    /// Session counts, for an entity that requires sessions.
+    pub sessions: Option<SessionCounts>,
+}
+
+/// The sessions of a session entity, reported at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct SessionCounts {
+    /// Sessions with messages available.
+    pub available: u64,
+    /// Sessions a receiver holds the lock of.
+    pub locked: u64,
+    /// Session locks that expired while held, since start.
+    pub locks_lost_total: u64,
 }
 
 /// Counters of one topic, reported at scrape time.
@@ -107,8 +120,11 @@ pub struct Metrics {
     entity_messages: IntGaugeVec,
     entity_bytes: IntGaugeVec,
     expired: IntCounterVec,
-    /// What the entities last reported as expired, to add only the difference.
-    expired_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    entity_sessions: IntGaugeVec,
+    session_locks_lost: IntCounterVec,
+    /// What the entities last reported as totals (by metric and entity), to add only the
+    /// difference to the counters.
+    seen: std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>,
 }
 
 impl Metrics {
@@ -247,13 +263,37 @@ impl Metrics {
         registry
             .register(Box::new(expired.clone()))
             .expect("unique metric");
+        let entity_sessions = IntGaugeVec::new(
+            Opts::new(
+                "ferrobus_entity_sessions",
+                "Sessions of a session entity: with messages available, or locked by a receiver.",
+            ),
+            &["entity", "state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(entity_sessions.clone()))
+            .expect("unique metric");
+        let session_locks_lost = IntCounterVec::new(
+            Opts::new(
+                "ferrobus_session_locks_lost_total",
+                "Session locks that expired while a receiver held them, per entity.",
+            ),
+            &["entity"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(session_locks_lost.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
             registry,
             topic_published,
             topic_copies,
             topic_filter_seconds,
             expired,
-            expired_seen: Default::default(),
+            entity_sessions,
+            session_locks_lost,
+            seen: Default::default(),
             sessions,
             bytes_out,
             end_to_end_seconds,
@@ -273,6 +313,16 @@ impl Metrics {
         })
     }
 
+    /// Brings `counter` for `entity` up to the `total` the entity reports.
+    fn add_total(&self, counter: &IntCounterVec, metric: &'static str, entity: &str, total: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.entry((metric, entity.to_string())).or_default();
+        counter
+            .with_label_values(&[entity])
+            .inc_by(total.saturating_sub(*last));
+        *last = total.max(*last);
+    }
+
     /// The Prometheus text exposition of every metric, with entity gauges refreshed.
     pub fn render(&self, entities: &dyn EntitySource) -> String {
         for t in entities.topic_counts() {
@@ -286,13 +336,20 @@ impl Metrics {
                 .set(t.filter_seconds);
         }
         for e in entities.entity_counts() {
-            let mut seen = self.expired_seen.lock().unwrap_or_else(|p| p.into_inner());
-            let last = seen.entry(e.name.clone()).or_default();
-            self.expired
-                .with_label_values(&[e.name.as_str()])
-                .inc_by(e.expired_total.saturating_sub(*last));
-            *last = e.expired_total.max(*last);
-            drop(seen);
+            self.add_total(&self.expired, "expired", &e.name, e.expired_total);
+            if let Some(s) = &e.sessions {
+                for (state, v) in [("available", s.available), ("locked", s.locked)] {
+                    self.entity_sessions
+                        .with_label_values(&[e.name.as_str(), state])
+                        .set(v as i64);
+                }
+                self.add_total(
+                    &self.session_locks_lost,
+                    "locks_lost",
+                    &e.name,
+                    s.locks_lost_total,
+                );
+            }
             for (state, v) in [
                 ("active", e.active),
                 ("scheduled", e.scheduled),

@@ -10,15 +10,15 @@ use ferrobus_codec::types::definitions::{AmqpError, Error, ErrorCondition, Role}
 use ferrobus_codec::types::messaging::{
     Accepted, DeliveryState, Modified, Rejected, Released, TargetArchetype,
 };
-use ferrobus_metrics::{EntityCounts, EntitySource, Metrics, TopicCounts};
+use ferrobus_metrics::{EntityCounts, EntitySource, Metrics, SessionCounts, TopicCounts};
 use ferrobus_session::{
-    AttachRequest, Endpoint, Event, IncomingLink, Outbox, OutgoingBody, OutgoingDelivery,
-    OutgoingLink, Refusal, Router,
+    AttachRequest, Endpoint, Event, IncomingLink, LinkReply, Outbox, OutgoingBody,
+    OutgoingDelivery, OutgoingLink, Refusal, Router,
 };
 use ferrobus_store::storage::Storage;
 use ferrobus_store::{
     Completion, ConsumerHandle, ConsumerSink, Delivery, Entities, Lane, LockToken, NewMessage,
-    Outcome, ReceiveMode, SendTarget, StoreError,
+    Outcome, ReceiveMode, SendTarget, SessionLock, StoreError,
 };
 
 use crate::cbs::Grants;
@@ -50,6 +50,8 @@ pub struct Broker {
     pub grants: Grants,
     /// Test faults: attaching to [`crate::faults::PANIC_NODE`] panics the connection task.
     pub test_panic: bool,
+    /// What next-available session receivers wait on, per entity.
+    pub session_waits: crate::session_link::Waits,
 }
 
 impl Router for Broker {
@@ -183,21 +185,58 @@ impl Router for Broker {
             } else {
                 ReceiveMode::PeekLock
             };
+            // a session entity's queue takes session receivers only; its dead-letter queue
+            // and every other entity, plain receivers only
+            let wanted = crate::session_link::requested(a);
+            let sessionful = resolved.lane == Lane::Main && resolved.queue.requires_session();
+            match (sessionful, &wanted) {
+                (true, None) => {
+                    return Err(refuse(
+                        AmqpError::NotAllowed,
+                        "It is not possible for an entity that requires sessions to create a \
+                     non-sessionful message receiver."
+                            .into(),
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(refuse(
+                        AmqpError::NotAllowed,
+                        format!(
+                            "'{address}' does not require sessions: a session receiver cannot be \
+                         created on it"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
             let inflight = Arc::new(Mutex::new(HashMap::new()));
-            let sink = Arc::new(Sink {
-                outbox: req.outbox.clone(),
-                metrics: self.metrics.clone(),
-                inflight: inflight.clone(),
-            });
-            let handle = resolved.queue.add_consumer(resolved.lane, mode, sink);
-            Ok(Endpoint::Outgoing(Box::new(Consumer {
-                handle,
+            let parts = ConsumerParts {
+                sink: Arc::new(Sink {
+                    outbox: req.outbox.clone(),
+                    metrics: self.metrics.clone(),
+                    inflight: inflight.clone(),
+                }),
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 inflight,
-                completing: Vec::new(),
-                _gauge: guard,
-            })))
+                gauge: guard,
+            };
+            if let Some(which) = wanted {
+                return crate::session_link::attach(
+                    &self.session_waits,
+                    &resolved.queue,
+                    which,
+                    mode,
+                    crate::session_link::wait_of(a),
+                    parts,
+                );
+            }
+            let handle = resolved
+                .queue
+                .add_consumer(resolved.lane, mode, parts.sink.clone());
+            Ok(Endpoint::Outgoing(Box::new(
+                parts.into_consumer(handle, None),
+            )))
         }
     }
 
@@ -321,6 +360,11 @@ impl EntitySource for Broker {
                     bytes: s.bytes,
                     scheduled: s.scheduled,
                     expired_total: s.expired_total,
+                    sessions: q.requires_session().then_some(SessionCounts {
+                        available: s.sessions_available,
+                        locked: s.sessions_locked,
+                        locks_lost_total: s.session_locks_lost,
+                    }),
                 }
             })
             .collect()
@@ -345,7 +389,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Keeps the links gauge right: one per live endpoint.
-struct LinkGauge(Arc<Metrics>);
+pub(crate) struct LinkGauge(Arc<Metrics>);
 
 impl Drop for LinkGauge {
     fn drop(&mut self) {
@@ -455,6 +499,7 @@ fn unpack(format: u32, payload: &Bytes, with_id: bool) -> Result<Vec<NewMessage>
                 None
             },
             dead_lettered: None,
+            session_id: s.group_id(p).map(Arc::from),
         })
     };
     match format {
@@ -488,8 +533,36 @@ fn rejected(error: Error) -> DeliveryState {
 /// Bounded by the consumer's credit.
 type Inflight = Arc<Mutex<HashMap<[u8; 16], i64>>>;
 
+/// What a consumer link is made of before it has its registration with a queue.
+pub(crate) struct ConsumerParts {
+    pub sink: Arc<Sink>,
+    pub outbox: Outbox,
+    metrics: Arc<Metrics>,
+    inflight: Inflight,
+    gauge: LinkGauge,
+}
+
+impl ConsumerParts {
+    /// The consumer link, registered with `handle` (and holding `session`'s lock).
+    pub(crate) fn into_consumer(
+        self,
+        handle: ConsumerHandle,
+        session: Option<SessionLock>,
+    ) -> Consumer {
+        Consumer {
+            handle,
+            outbox: self.outbox,
+            metrics: self.metrics,
+            inflight: self.inflight,
+            completing: Vec::new(),
+            session,
+            _gauge: self.gauge,
+        }
+    }
+}
+
 /// Hands a queue's deliveries to the consumer link's connection.
-struct Sink {
+pub(crate) struct Sink {
     outbox: Outbox,
     metrics: Arc<Metrics>,
     inflight: Inflight,
@@ -552,6 +625,13 @@ impl ConsumerSink for Sink {
     fn drained(&self, delivery_count: u32) {
         self.outbox.send(|l| Event::Drained(l, delivery_count));
     }
+
+    fn session_lost(&self) {
+        let error = store_error(&StoreError::SessionLockLost(
+            "the session lock expired: the session and its messages were released".into(),
+        ));
+        self.outbox.send(|l| Event::Detach(l, error));
+    }
 }
 
 /// A message's effective time to live (what is left of it from enqueue), for the header.
@@ -574,8 +654,8 @@ fn observe_latency(metrics: &Metrics, enqueued_ms: i64) {
     metrics.end_to_end_seconds.observe(ms as f64 / 1000.0);
 }
 
-/// A consumer link on a queue lane.
-struct Consumer {
+/// A consumer link on a queue lane (or on one session of it).
+pub(crate) struct Consumer {
     handle: ConsumerHandle,
     outbox: Outbox,
     metrics: Arc<Metrics>,
@@ -583,6 +663,8 @@ struct Consumer {
     /// Completions the client settled itself, gathered over one disposition range (with each
     /// message's enqueue time) and written together at its end.
     completing: Vec<(LockToken, Option<i64>)>,
+    /// The session it holds, for a session receiver.
+    session: Option<SessionLock>,
     _gauge: LinkGauge,
 }
 
@@ -636,6 +718,7 @@ impl OutgoingLink for Consumer {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&tag);
         let completing = outcome == Outcome::Complete;
+        let in_session = self.session.is_some();
         if completing && settled {
             // settled first, hears nothing back: completed with the rest of the range
             self.completing.push((dotnet_guid_bytes(tag), enqueued));
@@ -650,7 +733,12 @@ impl OutgoingLink for Consumer {
                     }
                     echo.unwrap_or(DeliveryState::Accepted(Accepted {}))
                 }
-                Err(e @ StoreError::LockLost) => rejected(store_error(&e)),
+                // a session receiver's locks end with its session's
+                Err(StoreError::LockLost) if in_session => {
+                    rejected(store_error(&StoreError::SessionLockLost(
+                        "the session lock was lost or expired: its messages were released".into(),
+                    )))
+                }
                 Err(e) => rejected(store_error(&e)),
             };
             if !settled {
@@ -663,6 +751,13 @@ impl OutgoingLink for Consumer {
             self.handle.settle_unconfirmed(lock, outcome, done);
         } else {
             self.handle.settle(lock, outcome, done);
+        }
+    }
+
+    fn reply(&self) -> LinkReply {
+        match &self.session {
+            Some(lock) => crate::session_link::reply(lock),
+            None => LinkReply::default(),
         }
     }
 

@@ -246,6 +246,9 @@ pub struct QueueDecl {
     /// A queue or topic that dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`).
     #[serde(default)]
     pub forward_dead_lettered_messages_to: Option<String>,
+    /// Messages are grouped in sessions by their SessionId (`RequiresSession`).
+    #[serde(default)]
+    pub requires_session: bool,
 }
 
 pub(crate) fn default_duplicate_window_ms() -> u64 {

@@ -7,9 +7,6 @@
 
 use serde_json::Value;
 
-/// Emulator properties that Ferrobus does not apply yet, with the value that means "off".
-const NOT_YET: &[(&str, Option<&str>)] = &[("RequiresSession", Some("false"))];
-
 /// Emulator properties naming another entity, with our keys.
 const FORWARDS: &[(&str, &str)] = &[
     ("ForwardTo", "forward_to"),
@@ -36,6 +33,7 @@ const FLAGS: &[(&str, &str)] = &[
         "dead_lettering_on_message_expiration",
     ),
     ("RequiresDuplicateDetection", "requires_duplicate_detection"),
+    ("RequiresSession", "requires_session"),
     (
         "DeadLetteringOnFilterEvaluationExceptions",
         "dead_lettering_on_filter_evaluation_exceptions",
@@ -52,6 +50,7 @@ const QUEUE_KEYS: &[&str] = &[
     "max_delivery_count",
     "forward_to",
     "forward_dead_lettered_messages_to",
+    "requires_session",
 ];
 const TOPIC_KEYS: &[&str] = &[
     "default_message_ttl_ms",
@@ -66,6 +65,7 @@ const SUBSCRIPTION_KEYS: &[&str] = &[
     "max_delivery_count",
     "forward_to",
     "forward_dead_lettered_messages_to",
+    "requires_session",
 ];
 
 /// Appends `[[table]]` with its name and keys.
@@ -122,13 +122,6 @@ fn entity_keys(
                 continue;
             }
             (*ours, toml_string(to))
-        } else if let Some((_, off)) = NOT_YET.iter().find(|(k, _)| k == key) {
-            if off.is_none_or(|off| *value.to_string() != *off) {
-                warnings.push(format!(
-                    "Config.json: {item} = {value} is not supported yet and is ignored"
-                ));
-            }
-            continue;
         } else {
             warnings.push(format!("Config.json: {item} is unknown and is ignored"));
             continue;
@@ -422,10 +415,8 @@ mod tests {
         assert!(toml.contains("RootManageSharedAccessKey"));
         let all = warnings.join("\n");
         assert!(!all.contains("LockDuration"), "{all}");
-        assert!(
-            !all.contains("RequiresSession"),
-            "off values need no warning: {all}"
-        );
+        assert!(!all.contains("RequiresSession"), "{all}");
+        assert!(toml.contains("requires_session = false"), "{toml}");
         assert!(toml.contains("[[topics]]\nname = \"topic.1\""), "{toml}");
         assert!(
             toml.contains("[[topics.subscriptions]]\nname = \"subscription.1\""),

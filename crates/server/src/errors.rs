@@ -13,6 +13,15 @@ pub const MESSAGE_LOCK_LOST: &str = "com.microsoft:message-lock-lost";
 /// Service Bus: the entity (a rule) already exists.
 pub const ENTITY_EXISTS: &str = "com.microsoft:entity-already-exists";
 
+/// Service Bus: the session's lock was lost or has expired.
+pub const SESSION_LOCK_LOST: &str = "com.microsoft:session-lock-lost";
+
+/// Service Bus: the session is locked by another receiver.
+pub const SESSION_CANNOT_BE_LOCKED: &str = "com.microsoft:session-cannot-be-locked";
+
+/// Service Bus: the operation did not complete in time (no session became available).
+pub const TIMEOUT: &str = "com.microsoft:timeout";
+
 /// The AMQP error for a store error.
 pub fn store_error(e: &StoreError) -> Error {
     let condition: ErrorCondition = match e {
@@ -22,6 +31,11 @@ pub fn store_error(e: &StoreError) -> Error {
         StoreError::Invalid(_) => AmqpError::InvalidField.into(),
         StoreError::EntityExists(_) => ErrorCondition::Custom(Symbol::from(ENTITY_EXISTS)),
         StoreError::EntityNotFound(_) => AmqpError::NotFound.into(),
+        StoreError::NotAllowed(_) => AmqpError::NotAllowed.into(),
+        StoreError::SessionLockLost(_) => ErrorCondition::Custom(Symbol::from(SESSION_LOCK_LOST)),
+        StoreError::SessionCannotBeLocked(_) => {
+            ErrorCondition::Custom(Symbol::from(SESSION_CANNOT_BE_LOCKED))
+        }
         StoreError::Storage(_) | StoreError::Corrupt(_) => AmqpError::InternalError.into(),
     };
     ferrobus_codec::error(condition, e.to_string())
@@ -55,6 +69,18 @@ mod tests {
         assert_eq!(
             condition(&store_error(&StoreError::Storage("x".into())).condition),
             "amqp:internal-error"
+        );
+        assert_eq!(
+            condition(&store_error(&StoreError::SessionLockLost("x".into())).condition),
+            SESSION_LOCK_LOST
+        );
+        assert_eq!(
+            condition(&store_error(&StoreError::SessionCannotBeLocked("x".into())).condition),
+            SESSION_CANNOT_BE_LOCKED
+        );
+        assert_eq!(
+            condition(&store_error(&StoreError::NotAllowed("x".into())).condition),
+            "amqp:not-allowed"
         );
     }
 }

@@ -18,6 +18,8 @@ mod nodes;
 mod rule_action;
 mod rule_ops;
 mod sas;
+mod session_link;
+mod session_ops;
 mod tls;
 mod topology;
 
@@ -189,6 +191,7 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
                     .forward_dead_lettered_messages_to
                     .clone()
                     .filter(|f| !f.is_empty()),
+                requires_session: q.requires_session,
             };
             (q.name.clone(), qc)
         })
@@ -218,6 +221,7 @@ async fn run(cfg: Config, faults: faults::TestFaults, closed: StorageClosed) -> 
         require_auth: cfg.auth.require,
         grants,
         test_panic: faults.panic_node,
+        session_waits: Default::default(),
     });
     let engine = Arc::new(EngineConfig {
         container_id: "ferrobus".into(),

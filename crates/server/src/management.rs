@@ -20,7 +20,10 @@ use crate::dest::Dest;
 use crate::encode::Stamp;
 use crate::nodes::{response, Node, Request, Respond};
 
-use crate::errors::{ENTITY_EXISTS, MESSAGE_LOCK_LOST as LOCK_LOST, MESSAGE_NOT_FOUND};
+use crate::errors::{
+    ENTITY_EXISTS, MESSAGE_LOCK_LOST as LOCK_LOST, MESSAGE_NOT_FOUND, SESSION_CANNOT_BE_LOCKED,
+    SESSION_LOCK_LOST,
+};
 /// The annotation that schedules a message.
 pub const SCHEDULED_ENQUEUE_TIME: &str = "x-opt-scheduled-enqueue-time";
 
@@ -51,6 +54,9 @@ pub(crate) fn from_store(e: StoreError) -> Failure {
         StoreError::EntityExists(t) => Failure(409, ENTITY_EXISTS, t),
         StoreError::EntityNotFound(t) => Failure(404, "amqp:not-found", t),
         StoreError::Full(t) => Failure(403, "amqp:resource-limit-exceeded", t),
+        StoreError::NotAllowed(t) => Failure(400, "amqp:not-allowed", t),
+        StoreError::SessionLockLost(t) => Failure(410, SESSION_LOCK_LOST, t),
+        StoreError::SessionCannotBeLocked(t) => Failure(410, SESSION_CANNOT_BE_LOCKED, t),
         other => Failure(500, "amqp:internal-error", other.to_string()),
     }
 }
@@ -71,7 +77,9 @@ impl Node for Management {
             "com.microsoft:update-disposition" => self.update_disposition(body, reply),
             "com.microsoft:schedule-message" => self.schedule(body, reply),
             "com.microsoft:cancel-scheduled-message" => self.cancel_scheduled(body, reply),
-            "com.microsoft:get-message-sessions" => reply(Ok(None)),
+            op if crate::session_ops::OPERATIONS.contains(&op) => {
+                crate::session_ops::handle(op, &self.queue, body, reply)
+            }
             "com.microsoft:add-rule"
             | "com.microsoft:remove-rule"
             | "com.microsoft:enumerate-rules" => match &self.subscription {
@@ -239,9 +247,11 @@ impl Management {
             .and_then(int)
             .unwrap_or(1)
             .clamp(1, 1000) as usize;
+        // a session receiver peeks its session
+        let session = text(field(body, "session-id"));
         let peeked = self
             .queue
-            .peek(self.lane, from, count)
+            .peek_in(self.lane, session.as_deref(), from, count)
             .map_err(from_store)?;
         if peeked.is_empty() {
             return Ok(None);
@@ -273,9 +283,10 @@ impl Management {
             .and_then(int)
             .unwrap_or(1)
             != 0;
+        let session = text(field(body, "session-id"));
         let got = self
             .queue
-            .receive_deferred(&seqs, peek_lock)
+            .receive_deferred_in(session.as_deref(), &seqs, peek_lock)
             .map_err(from_store)?;
         let messages = got
             .iter()
@@ -397,12 +408,18 @@ fn scheduled_items(body: &Value) -> Result<Vec<ferrobus_store::NewMessage>, Fail
             .flatten()
             .and_then(|h| h.ttl)
             .filter(|t| *t > 0);
+        // the message's own SessionId, else the request's `session-id`
+        let session = sections
+            .group_id(&payload)
+            .map(Arc::from)
+            .or_else(|| text(field(m, "session-id")).map(Arc::from));
         items.push(ferrobus_store::NewMessage {
             payload,
             scheduled_ms: at,
             ttl_ms: ttl.map(u64::from),
             message_id: None,
             dead_lettered: None,
+            session_id: session,
         });
     }
     if items.is_empty() {

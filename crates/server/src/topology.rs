@@ -67,6 +67,9 @@ pub struct SubscriptionDecl {
     /// A queue or topic its dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`).
     #[serde(default)]
     pub forward_dead_lettered_messages_to: Option<String>,
+    /// Its copies are grouped in sessions by their SessionId (`RequiresSession`).
+    #[serde(default)]
+    pub requires_session: bool,
 }
 
 /// `[[topics.subscriptions.rules]]`: a SQL filter (`sql`), a correlation filter (any of the
@@ -212,6 +215,7 @@ fn spec(t: &TopicDecl) -> anyhow::Result<TopicSpec> {
                         .forward_dead_lettered_messages_to
                         .clone()
                         .filter(|f| !f.is_empty()),
+                    requires_session: s.requires_session,
                     ..QueueConfig::default()
                 },
                 rules,

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use ferrobus_codec::message::AnnotationValue;
-use ferrobus_codec::types::definitions::Error;
-use ferrobus_codec::types::messaging::DeliveryState;
+use ferrobus_codec::types::definitions::{Error, Fields};
+use ferrobus_codec::types::messaging::{DeliveryState, FilterSet};
 use ferrobus_codec::types::performatives::Attach;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -25,6 +25,8 @@ pub enum Event {
     Settled(LinkId, u32, DeliveryState),
     /// Detach the link with an error.
     Detach(LinkId, Error),
+    /// The router's answer to an attach it took time over ([`Endpoint::Later`]).
+    Attached(LinkId, Result<Endpoint, Refusal>),
 }
 
 /// The channel back to a connection, scoped to one link.
@@ -42,6 +44,11 @@ impl Outbox {
     /// deliveries we sent.
     pub fn send(&self, make: impl FnOnce(LinkId) -> Event) -> bool {
         self.tx.send(make(self.link)).is_ok()
+    }
+
+    /// True once the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
@@ -111,6 +118,23 @@ pub trait OutgoingLink: Send {
     /// Every delivery of one disposition frame (a range) has been handed to
     /// [`OutgoingLink::disposition`]: a link may act on them together now.
     fn dispositions_end(&mut self) {}
+
+    /// What our attach reply states beyond the echo of the peer's terminus; the default
+    /// states nothing more.
+    fn reply(&self) -> LinkReply {
+        LinkReply::default()
+    }
+}
+
+/// What an attach reply states beyond the echo of the peer's terminus (a session receiver:
+/// the session it got and until when it is locked). Built by the broker, never a peer's
+/// values.
+#[derive(Debug, Clone, Default)]
+pub struct LinkReply {
+    /// The source's filters in force.
+    pub source_filter: Option<FilterSet>,
+    /// The link's properties.
+    pub properties: Option<Fields>,
 }
 
 /// The broker side of an attached link.
@@ -119,6 +143,19 @@ pub enum Endpoint {
     Incoming(Box<dyn IncomingLink>),
     /// We send; the peer receives.
     Outgoing(Box<dyn OutgoingLink>),
+    /// The answer takes time (a receiver waiting for a session): the router posts
+    /// [`Event::Attached`] for the link later, and the engine answers the attach then.
+    Later,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Endpoint::Incoming(_) => "Endpoint::Incoming",
+            Endpoint::Outgoing(_) => "Endpoint::Outgoing",
+            Endpoint::Later => "Endpoint::Later",
+        })
+    }
 }
 
 /// Why an attach is refused.

@@ -20,8 +20,8 @@ mod config;
 mod conn;
 
 pub use api::{
-    AttachRequest, Endpoint, Event, IncomingLink, LinkId, Outbox, OutgoingBody, OutgoingDelivery,
-    OutgoingLink, Refusal, Router,
+    AttachRequest, Endpoint, Event, IncomingLink, LinkId, LinkReply, Outbox, OutgoingBody,
+    OutgoingDelivery, OutgoingLink, Refusal, Router,
 };
 pub use config::EngineConfig;
 pub use conn::serve;

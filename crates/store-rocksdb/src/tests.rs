@@ -39,6 +39,10 @@ mod dead_forward {
     ferrobus_store::dead_forward_suite!(super::fresh());
 }
 
+mod sessions {
+    ferrobus_store::session_suite!(super::fresh());
+}
+
 fn write(s: &dyn Storage, b: Batch) -> Result<(), StoreError> {
     ferrobus_store::testing::write_and_wait(s, b)
 }

@@ -29,13 +29,15 @@ pub mod topic;
 pub use paths::MAX_FORWARD_HOPS;
 pub use queue::{
     ConsumerHandle, ConsumerSink, Delivery, Lane, MessageState, Outcome, Peeked, Queue,
-    QueueConfig, QueueStats, ReceiveMode,
+    QueueConfig, QueueStats, ReceiveMode, SessionLock,
 };
 pub use registry::{Entities, ResolveError, Resolved, SendTarget};
 pub use topic::{
     MessageView, Rewrite, Subscription, SubscriptionConfig, Topic, TopicConfig, TopicSpec,
     TopicStats,
 };
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -50,6 +52,8 @@ pub struct Message {
     pub expires_ms: Option<i64>,
     /// The producer's encoded message, exactly as received.
     pub payload: Bytes,
+    /// Its session (the message's `group-id`), if it has one.
+    pub session: Option<Arc<str>>,
 }
 
 /// A message arriving at an entity.
@@ -66,6 +70,9 @@ pub struct NewMessage {
     /// Set when a dead-letter sub-queue forwards the message (`ForwardDeadLetteredMessagesTo`):
     /// why it was dead-lettered and where, delivered with it from its new entity.
     pub dead_lettered: Option<DeadLettered>,
+    /// Its session id (the message's `group-id`, Service Bus's `SessionId`), if it has one.
+    /// Entities that require sessions refuse a message without one.
+    pub session_id: Option<Arc<str>>,
 }
 
 /// Why and where a message was dead-lettered, carried with it when its entity's dead-letter
@@ -120,6 +127,16 @@ pub enum StoreError {
     /// No such entity (a rule): `amqp:not-found`.
     #[error("{0}")]
     EntityNotFound(String),
+    /// Not allowed on this entity (a message without a session id sent to an entity that
+    /// requires sessions): `amqp:not-allowed`.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The session is locked by another receiver: `com.microsoft:session-cannot-be-locked`.
+    #[error("{0}")]
+    SessionCannotBeLocked(String),
+    /// The session's lock is lost or expired: `com.microsoft:session-lock-lost`.
+    #[error("{0}")]
+    SessionLockLost(String),
 }
 
 /// Called once when a write has been committed (or has failed).

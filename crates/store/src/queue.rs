@@ -13,10 +13,12 @@ pub(crate) mod history;
 mod lane;
 mod manage;
 mod schedule;
+mod sessions;
 mod settle;
 mod ttl;
 
 pub use manage::{MessageState, Peeked};
+pub use sessions::SessionLock;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +115,10 @@ pub trait ConsumerSink: Send + Sync {
     /// A drain finished: everything available was delivered and the rest of the credit is
     /// used up; `delivery_count` is the consumer's delivery count afterwards.
     fn drained(&self, delivery_count: u32);
+    /// The consumer's session lock expired: it holds the session no more, and its locked
+    /// messages went back (counted). A session receiver's link should end with
+    /// `com.microsoft:session-lock-lost`.
+    fn session_lost(&self) {}
 }
 
 /// Per-queue settings.
@@ -139,6 +145,9 @@ pub struct QueueConfig {
     /// The queue or topic its dead-lettered messages go to (`ForwardDeadLetteredMessagesTo`),
     /// moved there from the dead-letter sub-queue by [`crate::Entities`].
     pub forward_dead_lettered_to: Option<String>,
+    /// Messages are grouped in sessions (`RequiresSession`): each needs a session id, and
+    /// receivers take a session's lock and get only its messages ([`Queue::accept_session`]).
+    pub requires_session: bool,
 }
 
 impl Default for QueueConfig {
@@ -152,6 +161,7 @@ impl Default for QueueConfig {
             duplicate_detection_ms: 0,
             forward_to: None,
             forward_dead_lettered_to: None,
+            requires_session: false,
         }
     }
 }
@@ -175,6 +185,12 @@ pub struct QueueStats {
     pub bytes: u64,
     /// Consumer links.
     pub consumers: u64,
+    /// Sessions with messages available (session entities).
+    pub sessions_available: u64,
+    /// Sessions a receiver holds the lock of.
+    pub sessions_locked: u64,
+    /// Session locks that expired while held, since the broker started.
+    pub session_locks_lost: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +216,7 @@ impl Entry {
             expires_ms: self.msg.expires_ms,
             shared_body: self.shared,
             dead_letter_source: self.dead_letter_source.clone(),
+            session: self.msg.session.clone(),
         }
     }
 }
@@ -235,6 +252,8 @@ struct State {
     expiries: BTreeSet<(i64, LockToken)>,
     bytes: u64,
     next_consumer: u64,
+    /// The sessions of a session entity (empty otherwise).
+    sessions: sessions::Sessions,
 }
 
 /// A queue and its dead-letter sub-queue.
@@ -250,6 +269,8 @@ pub struct Queue {
     /// The counts of the bodies this queue shares with others (a subscription's, with its
     /// topic's other subscriptions); `None` for a queue, whose bodies are its own.
     bodies: Option<Arc<SharedBodies>>,
+    /// Told when a session becomes available to a next-available receiver.
+    session_signal: std::sync::OnceLock<sessions::Signal>,
 }
 
 impl Queue {
@@ -285,6 +306,7 @@ impl Queue {
             expiries: BTreeSet::new(),
             bytes: 0,
             next_consumer: 1,
+            sessions: sessions::Sessions::default(),
         };
         let meta = storage.get_many(Cf::Meta, &[keys::last_seq_key(id)])?;
         st.next_seq = meta[0].as_deref().and_then(decode_max).unwrap_or(0) + 1;
@@ -311,7 +333,10 @@ impl Queue {
             st.next_seq = st.next_seq.max(seq + 1);
             match lane {
                 LANE_ACTIVE => {
-                    st.main.push_spilled(seq);
+                    match r.session.filter(|_| config.requires_session) {
+                        Some(session) => st.sessions.recover(session, seq),
+                        None => st.main.push_spilled(seq),
+                    }
                     if let Some(at) = r.expires_ms {
                         st.expiring.insert((at, seq));
                     }
@@ -323,6 +348,7 @@ impl Queue {
             }
             Ok(())
         })?;
+        st.sessions.recovered();
         for e in load_entries(storage.as_ref(), id, LANE_DEFERRED, &deferred)? {
             st.deferred.insert(e.msg.seq, e);
         }
@@ -355,6 +381,7 @@ impl Queue {
             tokens: LockTokens::new(id),
             expired: AtomicU64::new(0),
             bodies,
+            session_signal: std::sync::OnceLock::new(),
         }))
     }
 
@@ -410,14 +437,22 @@ impl Queue {
         {
             let mut st = self.lock();
             let st = &mut *st;
-            let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+            let mut touched = Vec::new();
             for e in entries {
                 if let (Lane::Main, Some(at)) = (lane, e.msg.expires_ms) {
                     st.expiring.insert((at, e.msg.seq));
                 }
-                ls.push(e, fresh);
+                match (&e.msg.session, lane) {
+                    (Some(_), Lane::Main) if self.config.requires_session => {
+                        self.push_session(st, e, fresh, &mut touched)
+                    }
+                    _ => lane_mut(&mut st.main, &mut st.dead, lane).push(e, fresh),
+                }
             }
             self.dispatch(st, lane, &mut pending);
+            for session in touched {
+                self.dispatch_at(st, lane, Some(&session), &mut pending);
+            }
             self.write_in_background(pending);
         }
     }
@@ -445,11 +480,24 @@ impl Queue {
             queue: self.clone(),
             id,
             lane,
+            session: None,
             closed: false,
         }
     }
 
     fn dispatch(&self, st: &mut State, lane: Lane, pending: &mut Batch) {
+        self.dispatch_at(st, lane, None, pending)
+    }
+
+    /// Hands available messages of `lane` (or of one session of the main lane) to its
+    /// consumers while they have credit.
+    fn dispatch_at(
+        &self,
+        st: &mut State,
+        lane: Lane,
+        session: Option<&Arc<str>>,
+        pending: &mut Batch,
+    ) {
         let State {
             main,
             dead,
@@ -457,12 +505,25 @@ impl Queue {
             expiries,
             expiring,
             bytes,
+            sessions,
             ..
         } = st;
         let now = now_ms();
-        let lock_until = now + self.config.lock_duration_ms as i64;
+        let mut lock_until = now + self.config.lock_duration_ms as i64;
         let mut expired = Vec::new();
-        let ls = lane_mut(main, dead, lane);
+        let (ls, mut of) = match session {
+            None => (lane_mut(main, dead, lane), None),
+            Some(s) => {
+                let Some(slot) = sessions.map.get_mut(s) else {
+                    return;
+                };
+                // a session's messages are locked as long as the session is
+                if let Some(h) = &slot.holder {
+                    lock_until = h.until_ms;
+                }
+                (&mut slot.lane, Some(&mut sessions.of))
+            }
+        };
         let load =
             |seqs: &[u64]| load_entries(self.storage.as_ref(), self.id, lane.key_byte(), seqs);
         while ls.dispatchable() {
@@ -475,6 +536,9 @@ impl Queue {
                 }
             };
             let seq = entry.msg.seq;
+            if let Some(of) = of.as_mut() {
+                of.remove(&seq);
+            }
             // time to live applies in the queue, never in its dead-letter sub-queue
             if let (Lane::Main, Some(at)) = (lane, entry.msg.expires_ms) {
                 expiring.remove(&(at, seq));
@@ -514,7 +578,10 @@ impl Queue {
                     let token = self.tokens.next();
                     d.lock = Some(token);
                     d.locked_until_ms = Some(lock_until);
-                    expiries.insert((lock_until, token));
+                    // a session's message locks end with the session's lock
+                    if session.is_none() {
+                        expiries.insert((lock_until, token));
+                    }
                     locks.insert(
                         token,
                         Locked {
@@ -552,12 +619,22 @@ impl Queue {
         }
     }
 
-    fn flow(&self, consumer: u64, lane: Lane, delivery_count: u32, link_credit: u32, drain: bool) {
+    fn flow(
+        &self,
+        consumer: u64,
+        lane: Lane,
+        session: Option<&Arc<str>>,
+        delivery_count: u32,
+        link_credit: u32,
+        drain: bool,
+    ) {
         let mut pending = Batch::default();
         {
             let mut st = self.lock();
             let st = &mut *st;
-            let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+            let Some(ls) = lane_of(st, lane, session) else {
+                return;
+            };
             let Some(c) = ls.consumers.iter_mut().find(|c| c.id == consumer) else {
                 return;
             };
@@ -565,10 +642,12 @@ impl Queue {
             // not seen yet are already spent
             let limit = delivery_count.wrapping_add(link_credit);
             c.credit = (limit.wrapping_sub(c.delivery_count) as i32).max(0) as u32;
-            self.dispatch(st, lane, &mut pending);
+            self.dispatch_at(st, lane, session, &mut pending);
             self.write_in_background(pending);
             if drain {
-                let ls = lane_mut(&mut st.main, &mut st.dead, lane);
+                let Some(ls) = lane_of(st, lane, session) else {
+                    return;
+                };
                 if let Some(c) = ls.consumers.iter_mut().find(|c| c.id == consumer) {
                     c.delivery_count = c.delivery_count.wrapping_add(c.credit);
                     c.credit = 0;
@@ -587,7 +666,7 @@ impl Queue {
             .filter(|l| l.lane == Lane::DeadLetter)
             .count();
         QueueStats {
-            active: st.main.len() as u64,
+            active: (st.main.len() + st.sessions.of.len()) as u64,
             locked: st.locks.len() as u64,
             deferred: st.deferred.len() as u64,
             dead_lettered: (st.dead.len() + locked_dead) as u64,
@@ -595,6 +674,9 @@ impl Queue {
             consumers: (st.main.consumers.len() + st.dead.consumers.len()) as u64,
             scheduled: st.scheduled.len() as u64,
             expired_total: self.expired.load(Ordering::Relaxed),
+            sessions_available: st.sessions.available() as u64,
+            sessions_locked: st.sessions.locked() as u64,
+            session_locks_lost: st.sessions.lost_total,
         }
     }
 }
@@ -606,12 +688,26 @@ fn lane_mut<'a>(main: &'a mut LaneState, dead: &'a mut LaneState, lane: Lane) ->
     }
 }
 
+/// The lane a consumer reads: `lane`, or the session's part of the main lane.
+fn lane_of<'a>(
+    st: &'a mut State,
+    lane: Lane,
+    session: Option<&Arc<str>>,
+) -> Option<&'a mut LaneState> {
+    match session {
+        None => Some(lane_mut(&mut st.main, &mut st.dead, lane)),
+        Some(s) => st.sessions.map.get_mut(s).map(|slot| &mut slot.lane),
+    }
+}
+
 /// A consumer's registration with a queue lane. Dropping it (or [`ConsumerHandle::close`])
 /// unregisters the consumer and returns its locked messages with their delivery count raised.
 pub struct ConsumerHandle {
     queue: Arc<Queue>,
     id: u64,
     lane: Lane,
+    /// The session whose lock the consumer holds (session entities).
+    session: Option<Arc<str>>,
     closed: bool,
 }
 
@@ -619,8 +715,14 @@ impl ConsumerHandle {
     /// The receiver's flow state: its delivery count and link credit. With `drain`, whatever is
     /// available is delivered, the rest of the credit is used up and the sink hears `drained`.
     pub fn flow(&self, delivery_count: u32, link_credit: u32, drain: bool) {
-        self.queue
-            .flow(self.id, self.lane, delivery_count, link_credit, drain);
+        self.queue.flow(
+            self.id,
+            self.lane,
+            self.session.as_ref(),
+            delivery_count,
+            link_credit,
+            drain,
+        );
     }
 
     /// Settles a locked message; `done` hears once the outcome is durable.
@@ -643,17 +745,30 @@ impl ConsumerHandle {
         self.queue.complete_unconfirmed(self.id, locks, done);
     }
 
-    /// Unregisters the consumer and returns its locked messages.
+    /// The session whose lock the consumer holds, if it is a session receiver.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// Unregisters the consumer and returns its locked messages (a session receiver's
+    /// without counting a delivery, and its session's lock is released).
     pub fn close(mut self) {
         self.closed = true;
-        self.queue.remove_consumer(self.id, self.lane);
+        self.unregister();
+    }
+
+    fn unregister(&self) {
+        match &self.session {
+            None => self.queue.remove_consumer(self.id, self.lane),
+            Some(s) => self.queue.release_session(s, self.id, false),
+        }
     }
 }
 
 impl Drop for ConsumerHandle {
     fn drop(&mut self) {
         if !self.closed {
-            self.queue.remove_consumer(self.id, self.lane);
+            self.unregister();
         }
     }
 }
@@ -722,6 +837,7 @@ fn load_entries(
                 // a subscription's copy may expire before its topic's body says
                 expires_ms: r.expires_ms.or((b.expires_ms != 0).then_some(b.expires_ms)),
                 payload: b.payload,
+                session: r.session.clone(),
             }),
             delivery_count: r.delivery_count,
             dead_letter_reason: r.dead_letter_reason,

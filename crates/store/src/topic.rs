@@ -653,6 +653,7 @@ impl Topic {
                     let (at, expires) = timing(&m, self.config.default_ttl_ms, now);
                     let body_at = (self.id, tseq);
                     let carried = m.dead_lettered;
+                    let session = m.session_id;
                     let body = BodyRecord {
                         enqueued_ms: now,
                         expires_ms: expires.unwrap_or(0),
@@ -683,6 +684,7 @@ impl Topic {
                                         .map(|e| e.saturating_sub(at.unwrap_or(now)).max(1) as u64),
                                     message_id: None,
                                     dead_lettered: carried.clone(),
+                                    session_id: session.clone(),
                                 };
                                 // published there in this batch; if that topic refuses it (a
                                 // subscription of it is full), the copy stays here
@@ -708,6 +710,7 @@ impl Topic {
                             scheduled_ms: if dead_letter.is_some() { None } else { at },
                             dead_letter,
                             carried: carried.clone(),
+                            session: session.clone(),
                         };
                         for s in self.targets[i].stage_copies(vec![copy], batch) {
                             if let Some(due) = s.scheduled_ms() {
@@ -781,6 +784,16 @@ impl Topic {
         for (q, n) in self.targets.iter().zip(incoming) {
             if n > 0 {
                 q.check_room(n)?;
+            }
+        }
+        // a copy for an entity that requires sessions needs a session id
+        for (m, fanout) in group {
+            if m.session_id.is_none() {
+                if let Some((i, _)) = fanout.iter().find(|(i, k)| {
+                    self.targets[*i].requires_session() && !matches!(k, CopyKind::Dead(..))
+                }) {
+                    return Err(self.targets[*i].session_required());
+                }
             }
         }
         Ok(())

@@ -4,7 +4,7 @@ use fe2o3_amqp_types::messaging::{
     ApplicationProperties, Data, DeliveryAnnotations, Header, Message, MessageAnnotations,
     Properties,
 };
-use fe2o3_amqp_types::primitives::{Binary, Value};
+use fe2o3_amqp_types::primitives::{Binary, Symbol, Value};
 use proptest::prelude::*;
 
 fn build(
@@ -244,4 +244,46 @@ proptest! {
             let _ = s.annotation_entries(&bytes);
         }
     }
+}
+
+#[test]
+fn group_id_is_read_from_the_properties_bytes() {
+    let with = |props: Properties| {
+        let mut out = serde_amqp::to_vec(&props).unwrap();
+        out.extend(serde_amqp::to_vec(&Data(Binary::from(vec![1u8]))).unwrap());
+        out
+    };
+    let long = "s".repeat(300); // str32 inside a list32
+    for id in ["s1", "", long.as_str()] {
+        let p = with(
+            Properties::builder()
+                .message_id(String::from("m"))
+                .subject("label".to_string())
+                .group_id(id.to_string())
+                .build(),
+        );
+        let s = Sections::scan(&p).unwrap();
+        assert_eq!(s.group_id(&p), Some(id));
+    }
+    // fields after the group-id are skipped too
+    let p = with(
+        Properties::builder()
+            .group_id("g".to_string())
+            .reply_to_group_id("r".to_string())
+            .build(),
+    );
+    assert_eq!(Sections::scan(&p).unwrap().group_id(&p), Some("g"));
+    // absent: no properties, a list cut short before it, a null
+    let p = with(Properties::builder().subject("x".to_string()).build());
+    assert_eq!(Sections::scan(&p).unwrap().group_id(&p), None);
+    let mut bare = Vec::new();
+    bare.extend(serde_amqp::to_vec(&Data(Binary::from(vec![1u8]))).unwrap());
+    assert_eq!(Sections::scan(&bare).unwrap().group_id(&bare), None);
+    let p = with(
+        Properties::builder()
+            .group_sequence(3)
+            .content_type(Symbol::from("text/plain"))
+            .build(),
+    );
+    assert_eq!(Sections::scan(&p).unwrap().group_id(&p), None);
 }

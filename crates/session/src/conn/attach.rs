@@ -13,7 +13,7 @@ use ferrobus_codec::types::performatives::{Attach, Detach, Performative};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{error, Connection, Fatal};
-use crate::api::{AttachRequest, Endpoint, IncomingLink, LinkId, Outbox, OutgoingLink};
+use crate::api::{AttachRequest, Endpoint, IncomingLink, LinkId, Outbox, OutgoingLink, Refusal};
 
 pub(crate) struct Link {
     pub id: LinkId,
@@ -28,6 +28,16 @@ pub(crate) enum LinkKind {
     Out(OutLink),
     /// We detached (or refused) the link and wait for the peer's detach.
     Closing,
+    /// The router has not answered the attach yet ([`Endpoint::Later`]).
+    Pending(Box<PendingAttach>),
+}
+
+/// An attach waiting for the router's answer.
+pub(crate) struct PendingAttach {
+    attach: Attach,
+    presettled: bool,
+    /// The peer's last flow for the link meanwhile: delivery count, credit, drain.
+    pub flow: Option<(u32, u32, bool)>,
 }
 
 /// A link the peer sends on.
@@ -144,6 +154,65 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             session: channel,
         };
         let endpoint = self.router.attach(req);
+        if let Ok(Endpoint::Later) = endpoint {
+            let session = self.sessions.get_mut(&channel).expect("checked above");
+            session.links.insert(
+                handle,
+                Link {
+                    id,
+                    name: attach.name.clone(),
+                    peer_sends,
+                    kind: LinkKind::Pending(Box::new(PendingAttach {
+                        attach,
+                        presettled,
+                        flow: None,
+                    })),
+                },
+            );
+            self.links.insert(id, (channel, handle));
+            return Ok(());
+        }
+        self.answer_attach(channel, id, &attach, presettled, endpoint);
+        Ok(())
+    }
+
+    /// The router answered an attach it took time over: answer the peer now, unless the link
+    /// went away meanwhile (then the endpoint is dropped here, which undoes what it holds).
+    pub(super) fn attached(&mut self, id: LinkId, endpoint: Result<Endpoint, Refusal>) {
+        let Some(&(channel, handle)) = self.links.get(&id) else {
+            return;
+        };
+        let Some(link) = self
+            .sessions
+            .get_mut(&channel)
+            .and_then(|s| s.links.get_mut(&handle))
+        else {
+            return;
+        };
+        if !matches!(link.kind, LinkKind::Pending(_)) {
+            return;
+        }
+        let LinkKind::Pending(p) = std::mem::replace(&mut link.kind, LinkKind::Closing) else {
+            unreachable!("checked above");
+        };
+        self.links.remove(&id);
+        self.answer_attach(channel, id, &p.attach, p.presettled, endpoint);
+        if let Some((count, credit, drain)) = p.flow {
+            self.replay_flow(channel, handle, count, credit, drain);
+        }
+    }
+
+    /// Writes our attach for the router's answer and sets the link up.
+    fn answer_attach(
+        &mut self,
+        channel: u16,
+        id: LinkId,
+        attach: &Attach,
+        presettled: bool,
+        endpoint: Result<Endpoint, Refusal>,
+    ) {
+        let handle = attach.handle.0;
+        let peer_sends = attach.role == Role::Sender;
         let mut reply = Attach {
             name: attach.name.clone(),
             handle: attach.handle.clone(),
@@ -164,7 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             desired_capabilities: None,
             properties: None,
         };
-        let session = self.sessions.get_mut(&channel).expect("checked above");
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
         match endpoint {
             Err(refusal) => {
                 reply.source = None;
@@ -220,6 +291,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 } else {
                     SenderSettleMode::Unsettled
                 };
+                let extra = ep.reply();
+                if let (Some(filter), Some(source)) = (extra.source_filter, reply.source.as_mut()) {
+                    source.filter = Some(filter);
+                }
+                reply.properties = extra.properties;
                 let link = OutLink {
                     ep,
                     delivery_count: 0,
@@ -238,8 +314,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.links.insert(id, (channel, handle));
                 self.write(channel, &Performative::Attach(reply));
             }
+            Ok(Endpoint::Later) => {
+                // a router answers later only once; a second "later" is a refusal
+                let refusal = Refusal(error(
+                    ferrobus_codec::types::definitions::AmqpError::InternalError,
+                    "the attach was not answered".to_string(),
+                ));
+                self.answer_attach(channel, id, attach, presettled, Err(refusal));
+            }
         }
-        Ok(())
     }
 
     pub(super) fn on_detach(&mut self, channel: u16, detach: Detach) -> Result<(), Fatal> {
@@ -257,6 +340,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         self.links.remove(&link.id);
+        if let LinkKind::Pending(p) = &link.kind {
+            // never answered: answer the attach (refused) before the detach
+            let mut reply = p.attach.clone();
+            reply.role = match p.attach.role {
+                Role::Sender => Role::Receiver,
+                Role::Receiver => Role::Sender,
+            };
+            reply.source = None;
+            reply.target = None;
+            reply.unsettled = None;
+            reply.properties = None;
+            reply.offered_capabilities = None;
+            reply.desired_capabilities = None;
+            reply.initial_delivery_count = Some(0);
+            self.write(channel, &Performative::Attach(reply));
+        }
         if !matches!(link.kind, LinkKind::Closing) {
             self.write(
                 channel,

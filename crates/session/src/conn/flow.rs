@@ -31,6 +31,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut echo = None;
         match &mut link.kind {
             LinkKind::Closing => {}
+            // kept until the attach is answered
+            LinkKind::Pending(p) => {
+                p.flow = Some((
+                    flow.delivery_count.unwrap_or(0),
+                    flow.link_credit.unwrap_or(0),
+                    flow.drain,
+                ));
+            }
             LinkKind::Out(out) => {
                 let count = flow.delivery_count.unwrap_or(0);
                 let credit = flow.link_credit.unwrap_or(0);
@@ -52,6 +60,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         self.pump(channel);
         Ok(())
+    }
+
+    /// Applies a flow the peer sent while the link's attach was pending.
+    pub(super) fn replay_flow(
+        &mut self,
+        channel: u16,
+        handle: u32,
+        count: u32,
+        credit: u32,
+        drain: bool,
+    ) {
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        if let Some(LinkKind::Out(out)) = s.links.get_mut(&handle).map(|l| &mut l.kind) {
+            out.credit =
+                (count.wrapping_add(credit).wrapping_sub(out.delivery_count) as i32).max(0) as u32;
+            out.ep.flow(count, credit, drain);
+        }
+        self.pump(channel);
     }
 
     /// Writes a flow for one link, with the session's state.

@@ -297,6 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Event::Published(link, id, state) => self.published(link, id, state),
             Event::Settled(link, id, state) => self.settled(link, id, state),
             Event::Detach(link, err) => self.detach_with_error(link, err),
+            Event::Attached(link, endpoint) => self.attached(link, endpoint),
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let link_id = link.id;
         let inl = match &mut link.kind {
-            LinkKind::Closing => return Ok(()),
+            LinkKind::Closing | LinkKind::Pending(_) => return Ok(()),
             LinkKind::Out(_) => {
                 self.end_session(
                     channel,

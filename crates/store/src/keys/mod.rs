@@ -12,10 +12,13 @@
 //! | meta | `R` + subscription id + rule name (lower case) | [`rules::encode_rule`] |
 //! | meta | `C` + subscription id | the subscription's rules as last declared in the configuration |
 //! | meta | `F` + topic id + topic seq | a scheduled message's forwarded copies ([`ForwardedSchedule`]) |
+//! | session | entity id (u64) + session id (UTF-8) | the session's state (the client's bytes) |
 //!
 //! A topic's message has one body, at the topic's id and the topic's sequence number, and one
 //! reference per subscription copy; each reference names that body
 //! ([`RefRecord::shared_body`]) and carries the subscription's own sequence number in its key.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -104,6 +107,21 @@ pub fn dedup_key(id: u64, message_id: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(message_id);
     k
+}
+
+/// Key of a session's state (`session`).
+pub fn session_state_key(id: u64, session: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + session.len());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
+/// The session id in a key of [`session_state_key`].
+pub fn parse_session_state_key(k: &[u8]) -> Result<&str, StoreError> {
+    k.get(8..)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .ok_or_else(|| StoreError::Corrupt("session state key".into()))
 }
 
 /// Key of a subscription's rule in `meta`.
@@ -236,6 +254,9 @@ pub struct RefRecord {
     /// The entity whose dead-letter sub-queue forwarded the message here
     /// (`ForwardDeadLetteredMessagesTo`), delivered as `x-opt-deadletter-source`.
     pub dead_letter_source: Option<String>,
+    /// The message's session (its `group-id`), kept so that a session entity rebuilds its
+    /// sessions from references alone.
+    pub session: Option<Arc<str>>,
 }
 
 impl RefRecord {
@@ -258,7 +279,8 @@ impl RefRecord {
         let flags = u8::from(self.scheduled_ms.is_some())
             | u8::from(self.expires_ms.is_some()) << 1
             | u8::from(self.shared_body.is_some()) << 2
-            | u8::from(self.dead_letter_source.is_some()) << 3;
+            | u8::from(self.dead_letter_source.is_some()) << 3
+            | u8::from(self.session.is_some()) << 4;
         b.put_u8(flags);
         for v in [self.scheduled_ms, self.expires_ms].into_iter().flatten() {
             b.put_i64(v);
@@ -267,9 +289,12 @@ impl RefRecord {
             b.put_u64(owner);
             b.put_u64(seq);
         }
-        if let Some(source) = &self.dead_letter_source {
-            b.put_u32(source.len() as u32);
-            b.put_slice(source.as_bytes());
+        for text in [self.dead_letter_source.as_deref(), self.session.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            b.put_u32(text.len() as u32);
+            b.put_slice(text.as_bytes());
         }
         b.freeze()
     }
@@ -314,16 +339,19 @@ impl RefRecord {
             (Some(owner), Some(seq)) => Some((owner as u64, seq as u64)),
             _ => None,
         };
-        let dead_letter_source = if flags & 8 != 0 {
+        let mut text = |present: bool| -> Result<Option<String>, StoreError> {
+            if !present {
+                return Ok(None);
+            }
             let n = v.get(pos..pos + 4).ok_or_else(bad)?;
             let n = u32::from_be_bytes(n.try_into().expect("4 bytes")) as usize;
             let text = v.get(pos + 4..pos + 4 + n).ok_or_else(bad)?;
             pos += 4 + n;
-            Some(String::from_utf8(text.to_vec()).map_err(|_| bad())?)
-        } else {
-            None
+            Ok(Some(String::from_utf8(text.to_vec()).map_err(|_| bad())?))
         };
-        if flags & !15 != 0 || pos != v.len() {
+        let dead_letter_source = text(flags & 8 != 0)?;
+        let session = text(flags & 16 != 0)?.map(Arc::from);
+        if flags & !31 != 0 || pos != v.len() {
             return Err(bad());
         }
         Ok(RefRecord {
@@ -335,6 +363,7 @@ impl RefRecord {
             expires_ms,
             shared_body,
             dead_letter_source,
+            session,
         })
     }
 }
@@ -391,8 +420,17 @@ mod tests {
             expires_ms: Some(1_900_000_000_000),
             shared_body: Some((7, u64::MAX)),
             dead_letter_source: Some("orders/Subscriptions/audit".into()),
+            session: Some("customer-42".into()),
         };
         assert_eq!(RefRecord::decode(&r.encode()).unwrap(), r);
+        let session_only = RefRecord {
+            session: Some("s".into()),
+            ..RefRecord::default()
+        };
+        assert_eq!(
+            RefRecord::decode(&session_only.encode()).unwrap(),
+            session_only
+        );
         let truncated = r.encode();
         assert!(RefRecord::decode(&truncated[..truncated.len() - 1]).is_err());
         let shared_only = RefRecord {

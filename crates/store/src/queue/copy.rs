@@ -26,6 +26,8 @@ pub(crate) struct Copy {
     pub dead_letter: Option<(String, String)>,
     /// Forwarded from a dead-letter sub-queue: why and where it was dead-lettered.
     pub carried: Option<DeadLettered>,
+    /// The message's session id.
+    pub session: Option<std::sync::Arc<str>>,
 }
 
 /// A staged copy: its entry and where it goes once committed.
@@ -101,6 +103,7 @@ impl Queue {
                     enqueued_ms: c.enqueued_ms,
                     expires_ms,
                     payload: c.payload,
+                    session: c.session,
                 }),
                 shared: c.body,
                 delivery_count: 0,

@@ -83,6 +83,10 @@ impl Queue {
             let mut guard = self.lock();
             let st = &mut *guard;
             for items in groups {
+                if self.config.requires_session && items.iter().any(|m| m.session_id.is_none()) {
+                    outcomes.push(Err(self.session_required()));
+                    continue;
+                }
                 let incoming: u64 = items.iter().map(|m| m.payload.len() as u64).sum();
                 if st.bytes + incoming > self.config.max_size_bytes {
                     outcomes.push(Err(StoreError::Full(format!(
@@ -103,6 +107,15 @@ impl Queue {
             batch.max(Cf::Meta, keys::last_seq_key(self.id), e.msg.seq);
         }
         (outcomes, staged)
+    }
+
+    /// The refusal of a message without a session id by an entity that requires sessions.
+    pub(crate) fn session_required(&self) -> StoreError {
+        StoreError::NotAllowed(format!(
+            "the message has no SessionId, and '{}' requires sessions: every message sent to \
+             it must have its SessionId set",
+            self.name
+        ))
     }
 
     /// The batch of a [`Queue::stage_groups`] is durable: its messages become available (or
@@ -155,6 +168,7 @@ impl Queue {
                     enqueued_ms: now,
                     expires_ms: expires,
                     payload: body.payload,
+                    session: m.session_id,
                 }),
                 delivery_count: 0,
                 dead_letter_reason: dead.reason,

@@ -46,6 +46,7 @@ impl Queue {
                 description: e.dead_letter_description.clone(),
                 source: self.name.clone(),
             }),
+            session_id: e.msg.session.clone(),
             ..NewMessage::default()
         }
     }

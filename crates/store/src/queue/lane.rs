@@ -68,7 +68,13 @@ impl LaneState {
     /// Takes the first available message, loading more from disk with `load` when the window
     /// runs low. On a load error the spilled messages stay where they are.
     pub fn pop(&mut self, load: Loader<'_>) -> Result<Option<Entry>, StoreError> {
-        if self.window.len() < WINDOW_MESSAGES / 4 && !self.spilled.is_empty() {
+        // load when the window runs low, or when a returned message sits in the window behind
+        // messages on disk (they must come out in order)
+        let behind = match (self.spilled.front(), self.window.first_key_value()) {
+            (Some(s), Some((w, _))) => s < w,
+            _ => false,
+        };
+        if (self.window.len() < WINDOW_MESSAGES / 4 || behind) && !self.spilled.is_empty() {
             let n = (WINDOW_MESSAGES - self.window.len()).min(self.spilled.len());
             let seqs: Vec<u64> = self.spilled.iter().take(n).copied().collect();
             let entries = load(&seqs)?;
@@ -94,6 +100,11 @@ impl LaneState {
         let pos = self.spilled.binary_search(&seq).ok()?;
         self.spilled.remove(pos);
         Some(None)
+    }
+
+    /// Message `seq` if it is in the window.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        self.window.get(&seq)
     }
 
     /// Messages in the window from sequence number `from`, in order.
@@ -137,6 +148,7 @@ mod tests {
                 enqueued_ms: 0,
                 expires_ms: None,
                 payload: Bytes::from_static(b"x"),
+                session: None,
             }),
             delivery_count: 0,
             dead_letter_reason: None,

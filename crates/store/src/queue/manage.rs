@@ -37,6 +37,11 @@ impl Queue {
     pub fn renew_lock(&self, token: LockToken) -> Result<i64, StoreError> {
         let mut guard = self.lock();
         let st = &mut *guard;
+        let l = st.locks.get(&token).ok_or(StoreError::LockLost)?;
+        // a session receiver's message is locked as long as its session is
+        if let Some(until) = self.session_lock_of(st, l) {
+            return Ok(until);
+        }
         let l = st.locks.get_mut(&token).ok_or(StoreError::LockLost)?;
         let until = now_ms() + self.config.lock_duration_ms as i64;
         st.expiries.remove(&(l.expires_ms, token));
@@ -54,8 +59,21 @@ impl Queue {
     /// Up to `count` messages of `lane` with sequence numbers from `from`, in order: available,
     /// locked, deferred (main lane) and scheduled ones. Nothing is locked or counted.
     pub fn peek(&self, lane: Lane, from: u64, count: usize) -> Result<Vec<Peeked>, StoreError> {
+        self.peek_in(lane, None, from, count)
+    }
+
+    /// [`Queue::peek`] of one session's messages (a session receiver's peek), or of every
+    /// message when `session` is `None`.
+    pub fn peek_in(
+        &self,
+        lane: Lane,
+        session: Option<&str>,
+        from: u64,
+        count: usize,
+    ) -> Result<Vec<Peeked>, StoreError> {
         let mut found: Vec<Peeked> = Vec::new();
         let mut on_disk: Vec<u64> = Vec::new();
+        let mine = |e: &Entry| session.is_none() || e.msg.session.as_deref() == session;
         {
             let st = self.lock();
             let ls = match lane {
@@ -71,14 +89,38 @@ impl Queue {
                 dead_letter_description: e.dead_letter_description.clone(),
                 dead_letter_source: e.dead_letter_source.clone(),
             };
-            for e in ls.window_from(from).take(count) {
+            for e in ls.window_from(from).filter(|e| mine(e)).take(count) {
                 found.push(peeked(e, MessageState::Active, None));
             }
-            on_disk.extend(ls.spilled_from(from).take(count));
+            if session.is_none() {
+                on_disk.extend(ls.spilled_from(from).take(count));
+            }
+            if lane == Lane::Main {
+                // the sessions' available messages: one session's, or all of them in order
+                let sessions = &st.sessions;
+                match session {
+                    Some(s) => {
+                        if let Some(slot) = sessions.map.get(s) {
+                            for e in slot.lane.window_from(from).take(count) {
+                                found.push(peeked(e, MessageState::Active, None));
+                            }
+                            on_disk.extend(slot.lane.spilled_from(from).take(count));
+                        }
+                    }
+                    None => {
+                        for (seq, id) in sessions.of.range(from..).take(count) {
+                            match sessions.map.get(id).and_then(|slot| slot.lane.get(*seq)) {
+                                Some(e) => found.push(peeked(e, MessageState::Active, None)),
+                                None => on_disk.push(*seq),
+                            }
+                        }
+                    }
+                }
+            }
             for l in st
                 .locks
                 .values()
-                .filter(|l| l.lane == lane && l.entry.msg.seq >= from)
+                .filter(|l| l.lane == lane && l.entry.msg.seq >= from && mine(&l.entry))
             {
                 let state = if l.deferred {
                     MessageState::Deferred
@@ -88,16 +130,30 @@ impl Queue {
                 found.push(peeked(&l.entry, state, Some(l.expires_ms)));
             }
             if lane == Lane::Main {
-                for e in st.deferred.range(from..).map(|(_, e)| e).take(count) {
+                for e in st
+                    .deferred
+                    .range(from..)
+                    .map(|(_, e)| e)
+                    .filter(|e| mine(e))
+                    .take(count)
+                {
                     found.push(peeked(e, MessageState::Deferred, None));
                 }
-                for (e, _) in st.scheduled.range(from..).map(|(_, s)| s).take(count) {
+                for (e, _) in st
+                    .scheduled
+                    .range(from..)
+                    .map(|(_, s)| s)
+                    .filter(|(e, _)| mine(e))
+                    .take(count)
+                {
                     found.push(peeked(e, MessageState::Scheduled, None));
                 }
             }
         }
         found.sort_by_key(|p| p.message.seq);
         found.truncate(count);
+        on_disk.sort_unstable();
+        on_disk.truncate(count);
         // spilled messages come after the window: read only those that can make the cut
         let limit = if found.len() == count {
             found.last().map_or(u64::MAX, |p| p.message.seq)
@@ -132,12 +188,28 @@ impl Queue {
         seqs: &[u64],
         peek_lock: bool,
     ) -> Result<Vec<super::Delivery>, StoreError> {
+        self.receive_deferred_in(None, seqs, peek_lock)
+    }
+
+    /// [`Queue::receive_deferred`] of one session's deferred messages: a message of another
+    /// session is not found.
+    pub fn receive_deferred_in(
+        self: &Arc<Self>,
+        session: Option<&str>,
+        seqs: &[u64],
+        peek_lock: bool,
+    ) -> Result<Vec<super::Delivery>, StoreError> {
         let mut out = Vec::new();
         let mut batch = Batch::default();
         {
             let mut guard = self.lock();
             let st = &mut *guard;
-            if let Some(missing) = seqs.iter().find(|s| !st.deferred.contains_key(s)) {
+            let there = |s: &u64| {
+                st.deferred
+                    .get(s)
+                    .is_some_and(|e| session.is_none() || e.msg.session.as_deref() == session)
+            };
+            if let Some(missing) = seqs.iter().find(|s| !there(s)) {
                 return Err(StoreError::NotFound(format!(
                     "no deferred message with sequence number {missing}"
                 )));

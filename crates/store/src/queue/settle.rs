@@ -187,6 +187,9 @@ impl Queue {
             }
         }
         self.return_entries(batch, returned);
+        if self.config.requires_session {
+            self.expire_session_locks(now);
+        }
     }
 
     pub(super) fn remove_consumer(self: &Arc<Self>, consumer: u64, lane: Lane) {

@@ -11,3 +11,7 @@ mod topics_in_memory {
 mod dead_forward_in_memory {
     crate::dead_forward_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
 }
+
+mod sessions_in_memory {
+    crate::session_suite!(std::sync::Arc::new(crate::storage::MemoryStorage::new()));
+}

@@ -51,18 +51,31 @@ impl Queue {
                 break;
             }
             st.expiring.pop_first();
-            match st.main.take(seq) {
+            // a session entity's available message is in its session's lane
+            let session = st.sessions.of.remove(&seq);
+            let lane = match &session {
+                None => Some(&mut st.main),
+                Some(s) => st.sessions.map.get_mut(s).map(|slot| &mut slot.lane),
+            };
+            match lane.and_then(|l| l.take(seq)) {
                 Some(Some(e)) => expired.push(e),
-                Some(None) => on_disk.push(seq),
+                Some(None) => on_disk.push((seq, session.clone())),
                 None => {}
             }
+            if let Some(s) = &session {
+                st.sessions.tidy(s);
+            }
         }
-        match load_entries(self.storage.as_ref(), self.id, LANE_ACTIVE, &on_disk) {
+        let seqs: Vec<u64> = on_disk.iter().map(|(s, _)| *s).collect();
+        match load_entries(self.storage.as_ref(), self.id, LANE_ACTIVE, &seqs) {
             Ok(es) => expired.extend(es),
             Err(e) => {
                 tracing::warn!(queue = %self.name, error = %e, "reading expired messages failed");
-                for s in on_disk {
-                    st.main.push_spilled(s);
+                for (seq, session) in on_disk {
+                    match session {
+                        None => st.main.push_spilled(seq),
+                        Some(s) => st.sessions.recover(s, seq),
+                    }
                 }
             }
         }

@@ -9,12 +9,15 @@ use crate::queue::{ConsumerHandle, ConsumerSink, Delivery, Outcome, Queue};
 use crate::StoreError;
 
 pub mod dead_forward;
+pub mod sessions;
 pub mod topics;
 
 #[derive(Default)]
 pub struct Recorder {
     pub deliveries: Mutex<Vec<Delivery>>,
     pub drained: Mutex<Vec<u32>>,
+    /// How often the consumer heard its session lock was lost.
+    pub lost: std::sync::atomic::AtomicUsize,
 }
 
 impl ConsumerSink for Recorder {
@@ -24,6 +27,9 @@ impl ConsumerSink for Recorder {
     }
     fn drained(&self, count: u32) {
         self.drained.lock().unwrap().push(count);
+    }
+    fn session_lost(&self) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

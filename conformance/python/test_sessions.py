@@ -1,0 +1,324 @@
+"""Message sessions (RequiresSession), driven by the official Python SDK (azure-servicebus
+7.15.0): named and next-available session receivers, order within a session, session locks
+(renew, expiry, busy), session state, listing sessions, deferral and scheduling in a session, a
+session subscription, and a restart with locked sessions and state.
+
+One broker serves the tests that do not restart it; each test uses its own queue or session ids
+so their messages never meet.
+"""
+
+import datetime
+import time
+
+import pytest
+from azure.servicebus import NEXT_AVAILABLE_SESSION, ServiceBusMessage
+from azure.servicebus.exceptions import (
+    OperationTimeoutError,
+    ServiceBusError,
+    SessionCannotBeLockedError,
+    SessionLockLostError,
+)
+
+from brokers import Broker
+from sdk_helpers import HANDLER_KW, MGMT_TIMEOUT, body_of, receive_n, sb_client
+
+SEND_TIMEOUT = 20
+UTC = datetime.timezone.utc
+
+TOML = """
+[[queues]]
+name = "orders"
+requires_session = true
+
+[[queues]]
+name = "fair"
+requires_session = true
+
+[[queues]]
+name = "idle"
+requires_session = true
+
+[[queues]]
+name = "short"
+requires_session = true
+lock_duration_ms = 2000
+
+[[queues]]
+name = "state"
+requires_session = true
+
+[[queues]]
+name = "plain"
+
+[[topics]]
+name = "events"
+[[topics.subscriptions]]
+name = "per-device"
+requires_session = true
+[[topics.subscriptions]]
+name = "all"
+"""
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("sessions"), queues=[], extra_toml=TOML).start()
+    yield b
+    problems = b.teardown_problems()
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def client(sessions):
+    c = sb_client(sessions)
+    yield c
+    c.close()
+
+
+def send(client, queue, messages):
+    with client.get_queue_sender(queue, **HANDLER_KW) as s:
+        s.send_messages(messages, timeout=SEND_TIMEOUT)
+
+
+def session_receiver(client, queue, session_id, **kw):
+    for k, v in HANDLER_KW.items():
+        kw.setdefault(k, v)
+    return client.get_queue_receiver(queue, session_id=session_id, **kw)
+
+
+def msg(session, body):
+    return ServiceBusMessage(body, session_id=session)
+
+
+def test_a_session_receiver_gets_its_session_in_order_and_the_lock_time(client):
+    # interleaved sends across three sessions
+    send(client, "orders", [msg("s%d" % (i % 3), "%d" % i) for i in range(12)])
+    with session_receiver(client, "orders", "s1") as r:
+        assert r.session.session_id == "s1"
+        until = r.session.locked_until_utc
+        now = datetime.datetime.now(UTC)
+        assert now < until <= now + datetime.timedelta(seconds=61), until
+        got = receive_n(r, 4)
+        assert [body_of(m) for m in got] == [b"1", b"4", b"7", b"10"]
+        assert all(m.session_id == "s1" for m in got)
+        # abandon keeps the order: 1 comes first again, counted once
+        r.abandon_message(got[0])
+        for m in got[1:]:
+            r.abandon_message(m)
+        again = receive_n(r, 4)
+        assert [body_of(m) for m in again] == [b"1", b"4", b"7", b"10"]
+        assert [m.delivery_count for m in again] == [1, 1, 1, 1]
+        for m in again:
+            r.complete_message(m)
+        assert r.receive_messages(max_message_count=5, max_wait_time=1) == []
+    for session in ("s0", "s2"):
+        with session_receiver(client, "orders", NEXT_AVAILABLE_SESSION) as r:
+            assert r.session.session_id in ("s0", "s2")
+            got = receive_n(r, 4)
+            for m in got:
+                r.complete_message(m)
+            assert len(got) == 4
+            want = [b"%d" % i for i in range(12) if "s%d" % (i % 3) == r.session.session_id]
+            assert [body_of(m) for m in got] == want
+
+
+def test_next_available_takes_each_session_in_turn_and_times_out_when_none_is_left(client):
+    send(client, "fair", [msg("f%d" % (i % 4), "x%d" % i) for i in range(8)])
+    seen = []
+    for _ in range(4):
+        with session_receiver(client, "fair", NEXT_AVAILABLE_SESSION, max_wait_time=5) as r:
+            got = receive_n(r, 2)
+            assert len(got) == 2, r.session.session_id
+            for m in got:
+                r.complete_message(m)
+            seen.append(r.session.session_id)
+    # oldest session first: the order the sessions got their first message
+    assert seen == ["f0", "f1", "f2", "f3"]
+    started = time.monotonic()
+    with pytest.raises(OperationTimeoutError):
+        with session_receiver(client, "fair", NEXT_AVAILABLE_SESSION, max_wait_time=2) as r:
+            r.receive_messages(max_wait_time=1)
+    waited = time.monotonic() - started
+    assert 1.5 <= waited < 15, waited
+
+
+def test_a_waiting_next_available_receiver_gets_a_session_that_arrives_later(client):
+    import threading
+
+    def later():
+        time.sleep(1.5)
+        send(client, "idle", [msg("late", "hello")])
+
+    t = threading.Thread(target=later)
+    t.start()
+    started = time.monotonic()
+    try:
+        with session_receiver(client, "idle", NEXT_AVAILABLE_SESSION, max_wait_time=20) as r:
+            got = receive_n(r, 1)
+            assert r.session.session_id == "late"
+            assert [body_of(m) for m in got] == [b"hello"]
+            r.complete_message(got[0])
+    finally:
+        t.join()
+    assert time.monotonic() - started < 15
+
+
+def test_a_locked_session_cannot_be_taken_and_plain_receivers_are_refused(client):
+    send(client, "orders", [msg("busy", "b")])
+    with session_receiver(client, "orders", "busy") as r:
+        with pytest.raises(SessionCannotBeLockedError):
+            with session_receiver(client, "orders", "busy") as r2:
+                r2.receive_messages(max_wait_time=1)
+        (m,) = receive_n(r, 1)
+        r.complete_message(m)
+    # a plain receiver on a session queue, and a session receiver on a plain queue
+    with pytest.raises(ServiceBusError) as e:
+        with client.get_queue_receiver("orders", **HANDLER_KW) as r:
+            r.receive_messages(max_wait_time=1)
+    assert "sessions" in str(e.value), e.value
+    with pytest.raises(ServiceBusError):
+        with session_receiver(client, "plain", "s") as r:
+            r.receive_messages(max_wait_time=1)
+    # a message without a session id is refused by a session queue
+    with pytest.raises(ServiceBusError) as e:
+        send(client, "orders", [ServiceBusMessage("no session")])
+    assert "SessionId" in str(e.value), e.value
+
+
+def test_renewing_extends_the_session_lock_and_expiry_loses_it(client):
+    send(client, "short", [msg("exp", "a"), msg("exp", "b")])
+    with session_receiver(client, "short", "exp") as r:
+        first = r.session.locked_until_utc
+        time.sleep(1.0)
+        renewed = r.session.renew_lock(timeout=MGMT_TIMEOUT)
+        assert renewed > first
+        got = receive_n(r, 2)
+        assert len(got) == 2
+        time.sleep(2.5)
+        with pytest.raises(SessionLockLostError):
+            r.complete_message(got[0])
+    # both messages came back counted
+    with session_receiver(client, "short", "exp") as r:
+        again = receive_n(r, 2)
+        assert [(body_of(m), m.delivery_count) for m in again] == [(b"a", 1), (b"b", 1)]
+        for m in again:
+            r.complete_message(m)
+
+
+def test_closing_a_session_receiver_returns_its_messages_uncounted(client):
+    send(client, "orders", [msg("close", "c1"), msg("close", "c2")])
+    with session_receiver(client, "orders", "close") as r:
+        assert len(receive_n(r, 2)) == 2
+    with session_receiver(client, "orders", "close") as r:
+        again = receive_n(r, 2)
+        assert [(body_of(m), m.delivery_count) for m in again] == [(b"c1", 0), (b"c2", 0)]
+        for m in again:
+            r.complete_message(m)
+
+
+def test_session_state_is_kept_and_sessions_are_listed(client):
+    with session_receiver(client, "state", "with-state") as r:
+        assert r.session.get_state(timeout=MGMT_TIMEOUT) is None
+        r.session.set_state(b"step-2", timeout=MGMT_TIMEOUT)
+        assert r.session.get_state(timeout=MGMT_TIMEOUT) == b"step-2"
+    send(client, "state", [msg("with-messages", "m")])
+    listed = sorted(client.list_queue_sessions("state", timeout=MGMT_TIMEOUT))
+    assert listed == ["with-messages", "with-state"], listed
+    # only the sessions whose state changed after a time
+    hour_ago = datetime.datetime.now(UTC) - datetime.timedelta(hours=1)
+    assert list(client.list_queue_sessions("state", state_updated_after=hour_ago,
+                                           timeout=MGMT_TIMEOUT)) == ["with-state"]
+    with session_receiver(client, "state", "with-state") as r:
+        assert r.session.get_state(timeout=MGMT_TIMEOUT) == b"step-2"
+        r.session.set_state(None, timeout=MGMT_TIMEOUT)
+        assert r.session.get_state(timeout=MGMT_TIMEOUT) is None
+    with session_receiver(client, "state", "with-messages") as r:
+        (m,) = receive_n(r, 1)
+        r.complete_message(m)
+    assert list(client.list_queue_sessions("state", timeout=MGMT_TIMEOUT)) == []
+
+
+def test_peek_defer_and_schedule_within_a_session(client):
+    send(client, "orders", [msg("pd", "p1"), msg("other", "o1"), msg("pd", "p2")])
+    with session_receiver(client, "orders", "pd") as r:
+        peeked = r.peek_messages(max_message_count=10, timeout=MGMT_TIMEOUT)
+        assert [body_of(m) for m in peeked] == [b"p1", b"p2"]
+        (m1,) = receive_n(r, 1)
+        seq = m1.sequence_number
+        r.defer_message(m1)
+        (m2,) = receive_n(r, 1)
+        assert body_of(m2) == b"p2"
+        r.complete_message(m2)
+        (d,) = r.receive_deferred_messages([seq], timeout=MGMT_TIMEOUT)
+        assert body_of(d) == b"p1"
+        r.complete_message(d)
+    with session_receiver(client, "orders", "other") as r:
+        (m,) = receive_n(r, 1)
+        r.complete_message(m)
+    # a message scheduled with a session id arrives in that session when due
+    when = datetime.datetime.now(UTC) + datetime.timedelta(seconds=2)
+    with client.get_queue_sender("orders", **HANDLER_KW) as s:
+        s.schedule_messages(msg("sched", "later"), when, timeout=MGMT_TIMEOUT)
+    with session_receiver(client, "orders", NEXT_AVAILABLE_SESSION, max_wait_time=15) as r:
+        assert r.session.session_id == "sched"
+        (m,) = receive_n(r, 1, timeout=15)
+        assert body_of(m) == b"later"
+        assert m.scheduled_enqueue_time_utc is not None
+        r.complete_message(m)
+
+
+def test_a_session_subscription_groups_its_copies_by_session(client):
+    with client.get_topic_sender("events", **HANDLER_KW) as s:
+        s.send_messages([msg("dev-%d" % (i % 2), "e%d" % i) for i in range(6)],
+                        timeout=SEND_TIMEOUT)
+        # a copy for the session subscription needs a session id: refused, nothing stored
+        with pytest.raises(ServiceBusError):
+            s.send_messages(ServiceBusMessage("anonymous"), timeout=SEND_TIMEOUT)
+    for device in ("dev-1", "dev-0"):
+        with client.get_subscription_receiver("events", "per-device", session_id=device,
+                                              **HANDLER_KW) as r:
+            got = receive_n(r, 3)
+            want = [b"e%d" % i for i in range(6) if "dev-%d" % (i % 2) == device]
+            assert [body_of(m) for m in got] == want
+            for m in got:
+                r.complete_message(m)
+    with client.get_subscription_receiver("events", "all", **HANDLER_KW) as r:
+        got = receive_n(r, 6)
+        extra = r.receive_messages(max_message_count=5, max_wait_time=1)
+        assert len(got) == 6 and extra == []
+        for m in got:
+            r.complete_message(m)
+
+
+def test_a_restart_keeps_sessions_order_and_state_and_frees_every_lock(start_broker):
+    b = start_broker(queues=[{"name": "durable", "requires_session": True}])
+    c = sb_client(b)
+    try:
+        send(c, "durable", [msg("k%d" % (i % 2), "%d" % i) for i in range(6)])
+        r = session_receiver(c, "durable", "k0")
+        r.__enter__()
+        r.session.set_state(b"kept", timeout=MGMT_TIMEOUT)
+        assert len(receive_n(r, 3)) == 3
+        b.kill9()  # SIGKILL with k0 locked
+        try:
+            r.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - the broker is gone
+            pass
+        c.close()
+        b.start()
+        c = sb_client(b)
+        with session_receiver(c, "durable", "k0") as r:
+            assert r.session.get_state(timeout=MGMT_TIMEOUT) == b"kept"
+            got = receive_n(r, 3)
+            assert [(body_of(m), m.delivery_count) for m in got] == [
+                (b"0", 1), (b"2", 1), (b"4", 1)]
+            for m in got:
+                r.complete_message(m)
+        with session_receiver(c, "durable", "k1") as r:
+            got = receive_n(r, 3)
+            assert [(body_of(m), m.delivery_count) for m in got] == [
+                (b"1", 0), (b"3", 0), (b"5", 0)]
+            for m in got:
+                r.complete_message(m)
+    finally:
+        c.close()
