@@ -96,6 +96,17 @@ impl Queue {
                 Some((Lane::DeadLetter, entry))
             }
         };
+        // A session's abandoned message goes back at once, so that nothing newer of its session
+        // is handed out before it; its write is queued first, so it precedes the count the
+        // redelivery writes. If the write fails, the message is back anyway (uncounted).
+        if let Some((Lane::Main, e)) = &back {
+            if self.config.requires_session && e.msg.session.is_some() {
+                let (lane, entry) = back.expect("matched");
+                self.write(batch, done);
+                self.make_available(lane, vec![entry], false);
+                return;
+            }
+        }
         let me = self.clone();
         self.write(
             batch,

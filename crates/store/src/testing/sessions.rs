@@ -183,8 +183,15 @@ macro_rules! session_suite {
             send_all(&q, &[("s", "1"), ("s", "2"), ("s", "3")]);
             let (c, _, r) = accept(&q, Some("s"), 1).unwrap().unwrap();
             let d1 = r.take().remove(0);
-            sync_settle(&c, &d1, Outcome::Abandon).unwrap();
+            // more credit while the abandon is being written: 1 still comes before 2
+            let (tx, rx) = std::sync::mpsc::channel();
+            c.settle(
+                d1.lock.unwrap(),
+                Outcome::Abandon,
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
             c.flow(1, 3, false);
+            rx.recv().unwrap().unwrap();
             let again = r.take();
             let got: Vec<(String, u32)> = again
                 .iter()
