@@ -5,6 +5,7 @@
 mod broker;
 mod cbs;
 mod config;
+mod consumer;
 mod dest;
 mod emulator;
 mod encode;

@@ -261,7 +261,7 @@ impl Management {
             .filter_map(|p| {
                 let stamp = Stamp {
                     seq: p.message.seq,
-                    ttl_ms: crate::broker::ttl_of(&p.message),
+                    ttl_ms: crate::consumer::ttl_of(&p.message),
                     enqueued_ms: p.message.enqueued_ms,
                     state: p.state as i32,
                     locked_until_ms: p.locked_until_ms,
@@ -293,7 +293,7 @@ impl Management {
             .filter_map(|d| {
                 let stamp = Stamp {
                     seq: d.message.seq,
-                    ttl_ms: crate::broker::ttl_of(&d.message),
+                    ttl_ms: crate::consumer::ttl_of(&d.message),
                     enqueued_ms: d.message.enqueued_ms,
                     state: 1,
                     locked_until_ms: d.locked_until_ms,

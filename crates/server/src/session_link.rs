@@ -21,7 +21,7 @@ use ferrobus_session::{Endpoint, Event, LinkReply, Refusal};
 use ferrobus_store::{Queue, ReceiveMode, SessionLock};
 use tokio::sync::Notify;
 
-use crate::broker::ConsumerParts;
+use crate::consumer::ConsumerParts;
 use crate::errors::{store_error, TIMEOUT};
 
 /// The source filter that asks for a session.
