@@ -54,6 +54,12 @@ METRICS = [
     ("t5", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
     ("t20", "published msg/s", ["send_rate"], 1, "{:,.0f}", True),
     ("t20", "p99 ms", ["latency_ms", "p99"], 1, "{:.2f}", False),
+    ("sfill", "msg/s", ["send_rate"], 1, "{:,.0f}", True),
+    ("s8", "msg/s", ["recv_rate"], 1, "{:,.0f}", True),
+    ("smany", "RSS MiB", ["broker_rss_end_kib"], 1 / 1024, "{:.0f}", False),
+    ("smany", "state set s", ["session_state_secs"], 1, "{:.1f}", False),
+    ("srestart", "ready s", ["ready_secs"], 1, "{:.2f}", False),
+    ("srestart", "RSS MiB", ["broker_rss_end_kib"], 1 / 1024, "{:.0f}", False),
 ]
 
 
@@ -116,4 +122,17 @@ for s_, path, base, what in [
 if lines:
     print()
     print("Topics against the 1P/1C queue scenario of this run:")
+    print("\n".join(lines))
+
+# Sessions against the queue scenarios of the same run (issue 12's target: >= 0.5x w100).
+s8 = get("ferrobus", "s8", ["recv_rate"])
+qdrain = get("ferrobus", "drain", ["recv_rate"])
+lines = []
+if s8 is not None and q:
+    lines.append(f"- s8 received / w100 delivered: {s8 / q:.2f}×")
+if s8 is not None and qdrain:
+    lines.append(f"- s8 received / queue drain: {s8 / qdrain:.2f}×")
+if lines:
+    print()
+    print("Sessions against the queue scenarios of this run:")
     print("\n".join(lines))

@@ -21,6 +21,9 @@ name = "bench"
 name = "bench.1"
 [[queues]]
 name = "bench.2"
+[[queues]]
+name = "bench.sessions"
+requires_session = true
 """
 
 
@@ -113,6 +116,22 @@ def main():
         r = bench("--addr", broker.amqp, "--queue", "bench", "--count", "200", "--rate", "400",
                   "--window", "400", "--duration", "0.5")
         assert r["sent"] == r["received"] > 0, r
+
+    @check
+    def session_receivers_take_every_session_and_get_it_in_order():
+        # the bench fails the run if a session's messages come out of order
+        r = bench("--addr", broker.amqp, "--queue", "bench.sessions", "--sessions", "50",
+                  "--count", "500", "--consumers", "0", "--window", "50")
+        assert r["sent"] == 500 and r["received"] == 0, r
+        r = bench("--addr", broker.amqp, "--queue", "bench.sessions", "--sessions", "50",
+                  "--count", "500", "--producers", "0", "--consumers", "4",
+                  "--session-state", "20", "--broker-pid", pid)
+        assert r["received"] == 500 and r["sessions"] == 50, r
+        assert r["session_state_secs"] > 0, r
+        # a session queue refuses a plain receiver: an error, not a hang
+        r = bench("--addr", broker.amqp, "--queue", "bench.sessions", "--producers", "0",
+                  "--count", "1", expect_ok=False)
+        assert r.returncode != 0 and "requires sessions" in r.stderr, r.stderr
 
     @check
     def idle_connections_report_memory_per_connection():

@@ -186,7 +186,10 @@ def test_readme_quickstarts_use_what_scripts_run_serves():
     assert p.returncode == 0, "--print-default-config: exit %r\n%s" % (p.returncode, p.stderr)
     cfg = tomllib.loads(p.stdout)
     assert cfg["server"]["amqp_listen"] == DEFAULT_LISTEN
-    assert [q["name"] for q in cfg["queues"]] == [DEFAULT_QUEUE]
+    assert [q["name"] for q in cfg["queues"]] == [DEFAULT_QUEUE, "session.1"]
+    assert [q.get("requires_session", False) for q in cfg["queues"]] == [False, True]
+    for code in (readme_block("Sessions quickstart", "python"), readme_block("Sessions quickstart", "js")):
+        assert '"session.1"' in code
     assert [(t["name"], [s["name"] for s in t["subscriptions"]]) for t in cfg["topics"]] == \
         [("topic.1", ["subscription.1", "subscription.2"])]
     topics_py = readme_block("Topics quickstart", "python")
@@ -235,6 +238,18 @@ def test_readme_topics_quickstart_python_runs_verbatim(start_broker, tmp_path):
     want = "subscription.1 red one\nsubscription.1 blue one\nsubscription.2 red one\n"
     assert p.returncode == 0 and p.stdout == want, \
         "README topics quickstart (python): exit %r in %.1fs\nstdout:\n%s\nstderr:\n%s" % (
+            p.returncode, took, p.stdout, p.stderr[-6000:])
+
+
+def test_readme_sessions_quickstart_python_runs_verbatim(start_broker, tmp_path):
+    """Against the embedded default configuration itself (its session.1)."""
+    code = readme_block("Sessions quickstart", "python")
+    b = start_broker(config_file=os.path.join(REPO, "deploy", "ferrobus.toml"))
+    code = substitute_once(code, "Endpoint=sb://localhost;", "Endpoint=sb://localhost:%d;" % b.amqp_port)
+    p, took = run_python(code, tmp_path, "quickstart_sessions.py")
+    want = "session order-7\nstep 0\nstep 1\nstep 2\n"
+    assert p.returncode == 0 and p.stdout == want, \
+        "README sessions quickstart (python): exit %r in %.1fs\nstdout:\n%s\nstderr:\n%s" % (
             p.returncode, took, p.stdout, p.stderr[-6000:])
 
 

@@ -189,6 +189,16 @@ test('README: the topics quickstart (JS) runs verbatim against the default topic
   }, defaultTopicsToml());
 });
 
+test('README: the sessions quickstart (JS) runs verbatim against a session queue', { timeout: QUICKSTART_TIMEOUT_MS + 30000 }, async () => {
+  const code = readmeBlock('Sessions quickstart', 'js');
+  await withQuickstartBroker(async (b) => {
+    const run = await runNode(substituteOnce(code, 'Endpoint=sb://localhost;', `Endpoint=sb://localhost:${b.amqpPort};`),
+      'quickstart-sessions.js');
+    assert.ok(run.code === 0 && run.stdout === 'session order-7\nstep 0\nstep 1\nstep 2\n',
+      describeRun('README sessions quickstart (js)', run));
+  }, '[[queues]]\nname = "session.1"\nrequires_session = true\n');
+});
+
 test('README: the rhea quickstart runs verbatim and prints "hello"', { timeout: QUICKSTART_TIMEOUT_MS + 30000 }, async () => {
   const code = readmeBlock('A plain AMQP client', 'js');
   await withQuickstartBroker(async (b) => {

@@ -10,7 +10,9 @@ use ferrobus_codec::types::messaging::DeliveryState;
 use ferrobus_codec::types::performatives::{Flow, Performative};
 use hdrhistogram::Histogram;
 
-use crate::wire::{encode_transfer, message_prefix, routed_prefix, AcceptRanges, Endpoint, Wire};
+use crate::wire::{
+    encode_transfer, message_prefix, routed_prefix, session_prefix, AcceptRanges, Endpoint, Wire,
+};
 
 /// Per-queue counts the producers and consumers of one run share.
 #[derive(Default)]
@@ -87,6 +89,8 @@ pub enum Fanout {
     /// One of `n`: message k carries `region = 'r<k % n + 1>'` and `amount = 500`, and
     /// subscription i selects `region = 'r<i>' AND amount > 100`.
     Routed(usize),
+    /// A session queue: message k belongs to session `s<k % n>`.
+    Sessions(usize),
 }
 
 /// Sends messages with a window of unsettled transfers (or pre-settled) and counts what
@@ -121,11 +125,14 @@ async fn produce_inner(
         Fanout::Routed(n) => (1..=n)
             .map(|i| routed_prefix(ep.durable, plan.size, Some((&format!("r{i}"), 500))))
             .collect(),
+        Fanout::Sessions(n) => (0..n)
+            .map(|i| session_prefix(ep.durable, plan.size, &format!("s{i}")))
+            .collect(),
         _ => Vec::new(),
     };
     // the slots a message counts in once accepted
     let count_in = |slot: usize, n: u64| match plan.fanout {
-        Fanout::Queue => counts.sent.fetch_add(n, Ordering::Relaxed),
+        Fanout::Queue | Fanout::Sessions(_) => counts.sent.fetch_add(n, Ordering::Relaxed),
         Fanout::All(k) => {
             for q in &shared.queues[..k] {
                 q.sent.fetch_add(n, Ordering::Relaxed);
@@ -202,7 +209,10 @@ async fn produce_inner(
                     Fanout::Routed(n) => (seq % n as u64) as usize,
                     _ => plan.queue,
                 };
-                let head = routed.get(slot).unwrap_or(&prefix);
+                let head = match plan.fanout {
+                    Fanout::Sessions(n) => &routed[(seq % n as u64) as usize],
+                    _ => routed.get(slot).unwrap_or(&prefix),
+                };
                 encode_transfer(&mut w.wbuf, next_id, plan.presettled, &[head, &body]);
                 let warm = t >= shared.warmup_ns;
                 next_id = next_id.wrapping_add(1);
@@ -381,7 +391,12 @@ pub async fn consume(
 }
 
 /// The send time a bench producer wrote at the start of the first data section.
-fn send_time(payload: &[u8]) -> Option<u64> {
+pub fn send_time(payload: &[u8]) -> Option<u64> {
+    stamp(payload).map(|(t, _)| t)
+}
+
+/// The send time and the producer's sequence number at the start of the first data section.
+pub fn stamp(payload: &[u8]) -> Option<(u64, u64)> {
     let s = Sections::scan(payload).ok()?;
     let body = &payload[s.body?];
     let bin = match body.get(..4)? {
@@ -389,7 +404,9 @@ fn send_time(payload: &[u8]) -> Option<u64> {
         [0x00, 0x53, 0x75, 0xa0] => body.get(5..)?,
         _ => return None,
     };
-    Some(u64::from_be_bytes(bin.get(..8)?.try_into().ok()?))
+    let t = u64::from_be_bytes(bin.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(bin.get(8..16)?.try_into().ok()?);
+    Some((t, seq))
 }
 
 #[cfg(test)]
@@ -404,6 +421,7 @@ mod tests {
         payload.extend(42u64.to_be_bytes());
         payload.extend(7u64.to_be_bytes());
         assert_eq!(send_time(&payload), Some(42));
+        assert_eq!(stamp(&payload), Some((42, 7)));
         assert_eq!(send_time(&[0x00, 0x53, 0x77, 0x40]), None);
     }
 }

@@ -20,6 +20,7 @@ mod noop;
 mod procstat;
 mod progress;
 mod report;
+mod sessions;
 mod wire;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +52,17 @@ struct Opts {
     /// subscription unless `--routed`.
     #[arg(long, default_value_t = 0)]
     subscriptions: usize,
+    /// A session queue with N sessions: the producer's message k belongs to session
+    /// `s<k % N>`, and the consumers are next-available session receivers that each take a
+    /// session, receive its `--count / N` messages (checking their order) and let it go.
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    /// After the run, set state on sessions `s0` .. `s<K-1>` through `$management`.
+    #[arg(long, default_value_t = 0)]
+    session_state: usize,
+    /// Bytes of state per session for `--session-state`.
+    #[arg(long, default_value_t = 64)]
+    state_size: usize,
     /// With `--subscriptions N`: message k carries `region = 'r<k % N + 1>'` and
     /// `amount = 500`, for subscriptions whose rule is `region = 'r<i>' AND amount > 100`.
     #[arg(long)]
@@ -125,6 +137,16 @@ async fn main() -> anyhow::Result<()> {
     let o = Opts::parse();
     anyhow::ensure!(o.size >= 16, "--size must be at least 16");
     anyhow::ensure!(o.queues >= 1, "--queues must be at least 1");
+    if o.sessions > 0 {
+        anyhow::ensure!(
+            o.producers <= 1 && o.queues == 1 && o.subscriptions == 0 && o.duration.is_none(),
+            "--sessions takes at most one producer, one queue and a --count"
+        );
+        anyhow::ensure!(
+            o.count.is_multiple_of(o.sessions as u64),
+            "--count must be a multiple of --sessions"
+        );
+    }
     let ep = Endpoint {
         addr: o.addr.clone(),
         login: o.user.clone().map(|u| (u, o.password.clone())),
@@ -183,7 +205,20 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
     let wall = Instant::now();
 
     let mut consumers = Vec::new();
+    let mut session_consumers = Vec::new();
     for i in 0..o.consumers {
+        if o.sessions > 0 {
+            let plan = sessions::SessionPlan {
+                address: o.queue.clone(),
+                per_session: o.count / o.sessions as u64,
+                latency: o.producers > 0,
+            };
+            let (ep, shared) = (ep.clone(), shared.clone());
+            session_consumers.push(tokio::spawn(async move {
+                sessions::consume_sessions(ep, plan, &shared, format!("bench-session-{i}")).await
+            }));
+            continue;
+        }
         let plan = ConsumerPlan {
             address: queue_for(o, i),
             queue: i % o.queues.max(o.subscriptions),
@@ -214,6 +249,7 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
             presettled: o.presettled,
             rate: o.rate,
             fanout: match (o.subscriptions, o.routed) {
+                (0, _) if o.sessions > 0 => Fanout::Sessions(o.sessions),
                 (0, _) => Fanout::Queue,
                 (n, false) => Fanout::All(n),
                 (n, true) => Fanout::Routed(n),
@@ -250,8 +286,24 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
         hist.add(h)?;
         received.push(m);
     }
+    let mut sessions_taken = (o.sessions > 0).then_some(0);
+    for c in session_consumers {
+        let seen = c.await??;
+        hist.add(seen.latency)?;
+        received.push(seen.measured);
+        sessions_taken = sessions_taken.map(|n| n + seen.sessions);
+    }
     progress.abort();
     progress::clear();
+    let session_state_secs = if o.session_state > 0 {
+        Some(
+            sessions::set_states(&ep, &o.queue, o.session_state, o.state_size)
+                .await?
+                .as_secs_f64(),
+        )
+    } else {
+        None
+    };
     let elapsed = wall.elapsed().as_secs_f64();
 
     let commits = match (&o.metrics, commits_before) {
@@ -289,6 +341,8 @@ async fn load_run(o: &Opts, mut ep: Endpoint) -> anyhow::Result<report::Report> 
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         },
+        sessions: sessions_taken,
+        session_state_secs,
     })
 }
 

@@ -29,6 +29,10 @@ pub struct Report {
     pub idle: Option<IdleReport>,
     /// Bytes the broker wrote to storage during the run (`/proc/<pid>/io`).
     pub broker_write_bytes: Option<u64>,
+    /// Sessions the session receivers took (`--sessions`).
+    pub sessions: Option<u64>,
+    /// Seconds it took to set the state of `--session-state` sessions.
+    pub session_state_secs: Option<f64>,
 }
 
 const PERCENTILES: [(&str, f64); 5] = [
@@ -109,6 +113,12 @@ impl Report {
                 w as f64 / self.sent as f64
             );
         }
+        if let Some(n) = self.sessions {
+            let _ = writeln!(s, "sessions taken {n}");
+        }
+        if let Some(t) = self.session_state_secs {
+            let _ = writeln!(s, "session state set in {t:.1} s");
+        }
         if let Some(c) = self.commits.as_ref().filter(|c| c.count > 0) {
             let _ = writeln!(
                 s,
@@ -143,6 +153,12 @@ impl Report {
                 .map(|(k, ms)| (k.to_string(), json!(ms)))
                 .collect();
             v["latency_ms"] = Value::Object(lat);
+        }
+        if let Some(n) = self.sessions {
+            v["sessions"] = json!(n);
+        }
+        if let Some(t) = self.session_state_secs {
+            v["session_state_secs"] = json!((t * 1000.0).round() / 1000.0);
         }
         if let Some(c) = self.commits.as_ref().filter(|c| c.count > 0) {
             v["commits"] = json!(c.count);

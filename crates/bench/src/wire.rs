@@ -13,9 +13,13 @@ use ferrobus_codec::frame::{
     decode_frame, encode_frame, encode_sasl_frame, Frame, FrameKind, ProtocolId,
 };
 use ferrobus_codec::sasl::SaslFrame;
-use ferrobus_codec::types::definitions::{ReceiverSettleMode, Role, SenderSettleMode};
-use ferrobus_codec::types::messaging::{Source, Target, TargetArchetype, TerminusDurability};
-use ferrobus_codec::types::performatives::{Attach, Begin, Close, Flow, Open, Performative};
+use ferrobus_codec::types::definitions::{Fields, ReceiverSettleMode, Role, SenderSettleMode};
+use ferrobus_codec::types::messaging::{
+    FilterSet, Source, Target, TargetArchetype, TerminusDurability,
+};
+use ferrobus_codec::types::performatives::{
+    Attach, Begin, Close, Detach, Flow, Open, Performative,
+};
 use ferrobus_codec::types::primitives::{Binary, Symbol};
 use ferrobus_codec::types::sasl::SaslInit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +39,19 @@ pub struct Endpoint {
     pub login: Option<(String, String)>,
     /// Ask for a durable terminus and send durable messages.
     pub durable: bool,
+}
+
+/// What [`Wire::attach_link`] sets beyond direction and address.
+#[derive(Debug, Default)]
+pub struct LinkOptions {
+    pub handle: u32,
+    /// The link name (default: from the direction and address).
+    pub name: Option<String>,
+    /// A receiver's source filter.
+    pub filter: Option<FilterSet>,
+    pub properties: Option<Fields>,
+    /// A receiver's credit, granted right behind the attach (pipelined, as rhea does).
+    pub credit: Option<u32>,
 }
 
 /// One open connection with one session.
@@ -227,7 +244,7 @@ impl Wire {
     }
 
     /// Attaches link handle 0 as a sender (`sender == true`) or a receiver to `address`;
-    /// returns the broker's attach once it arrives (a refusal is an error).
+    /// returns once the broker's attach arrives (a refusal is an error).
     pub async fn attach(
         &mut self,
         ep: &Endpoint,
@@ -235,6 +252,21 @@ impl Wire {
         sender: bool,
         presettled: bool,
     ) -> anyhow::Result<()> {
+        self.attach_link(ep, address, sender, presettled, LinkOptions::default())
+            .await
+            .map(drop)
+    }
+
+    /// [`Wire::attach`] with a handle, name, source filter and properties of the caller's;
+    /// returns the broker's attach.
+    pub async fn attach_link(
+        &mut self,
+        ep: &Endpoint,
+        address: &str,
+        sender: bool,
+        presettled: bool,
+        opts: LinkOptions,
+    ) -> anyhow::Result<Attach> {
         let durability = if ep.durable {
             TerminusDurability::UnsettledState
         } else {
@@ -249,17 +281,19 @@ impl Wire {
                     .build(),
             )
         } else {
-            (
-                Source::builder()
-                    .address(address)
-                    .durable(durability)
-                    .build(),
-                Target::builder().build(),
-            )
+            let mut source = Source::builder()
+                .address(address)
+                .durable(durability)
+                .build();
+            source.filter = opts.filter;
+            (source, Target::builder().build())
         };
+        let name = opts
+            .name
+            .unwrap_or_else(|| format!("bench-{}-{address}", if sender { "send" } else { "recv" }));
         let attach = Attach {
-            name: format!("bench-{}-{address}", if sender { "send" } else { "recv" }),
-            handle: 0.into(),
+            name,
+            handle: opts.handle.into(),
             role: if sender { Role::Sender } else { Role::Receiver },
             snd_settle_mode: if presettled {
                 SenderSettleMode::Settled
@@ -275,9 +309,12 @@ impl Wire {
             max_message_size: None,
             offered_capabilities: None,
             desired_capabilities: None,
-            properties: None,
+            properties: opts.properties,
         };
         self.send(0, &Performative::Attach(attach));
+        if let Some(c) = opts.credit {
+            self.grant_on(opts.handle, 0, c);
+        }
         self.flush().await?;
         loop {
             match self.next_frame().await? {
@@ -288,14 +325,23 @@ impl Wire {
                         a.source.is_none()
                     };
                     if refused {
-                        // the detach with the reason follows
+                        // the detach with the reason follows; answering it frees the handle
                         let why = match self.next_frame().await? {
                             Performative::Detach(d) => format!("{:?}", d.error),
                             other => format!("{other:?}"),
                         };
+                        self.send(
+                            0,
+                            &Performative::Detach(Detach {
+                                handle: a.handle.clone(),
+                                closed: true,
+                                error: None,
+                            }),
+                        );
+                        self.flush().await?;
                         bail!("the broker refused the link to {address}: {why}");
                     }
-                    return Ok(());
+                    return Ok(a);
                 }
                 Performative::Detach(d) => {
                     bail!("the broker detached the link to {address}: {:?}", d.error)
@@ -306,7 +352,33 @@ impl Wire {
                     self.on_session_flow(&f);
                     self.pending_flow = Some(f);
                 }
+                Performative::Disposition(_) => {}
                 other => bail!("unexpected {other:?} while attaching"),
+            }
+        }
+    }
+
+    /// Detaches link `handle` and waits for the broker's detach; transfers that still arrive
+    /// for it are dropped.
+    pub async fn detach(&mut self, handle: u32) -> anyhow::Result<()> {
+        self.send(
+            0,
+            &Performative::Detach(Detach {
+                handle: handle.into(),
+                closed: true,
+                error: None,
+            }),
+        );
+        self.flush().await?;
+        loop {
+            match self.next_frame().await? {
+                Performative::Detach(d) if d.handle.0 == handle => return Ok(()),
+                Performative::Transfer(_) => {
+                    self.next_incoming_id = self.next_incoming_id.wrapping_add(1)
+                }
+                Performative::End(e) => bail!("the broker ended the session: {:?}", e.error),
+                Performative::Flow(f) => self.on_session_flow(&f),
+                _ => {}
             }
         }
     }
@@ -332,12 +404,17 @@ impl Wire {
 
     /// Queues a flow granting `credit` on link 0 (and refreshing the session window).
     pub fn grant(&mut self, delivery_count: u32, credit: u32) {
+        self.grant_on(0, delivery_count, credit)
+    }
+
+    /// [`Wire::grant`] on link `handle`.
+    pub fn grant_on(&mut self, handle: u32, delivery_count: u32, credit: u32) {
         let flow = Flow {
             next_incoming_id: Some(self.next_incoming_id),
             incoming_window: INCOMING_WINDOW,
             next_outgoing_id: self.next_outgoing_id,
             outgoing_window: u32::MAX,
-            handle: Some(0.into()),
+            handle: Some(handle.into()),
             delivery_count: Some(delivery_count),
             link_credit: Some(credit),
             available: None,
@@ -470,6 +547,23 @@ pub fn routed_prefix(durable: bool, body_len: usize, props: Option<(&str, i32)>)
     m
 }
 
+/// [`message_prefix`] with a properties section whose group-id (Service Bus's SessionId) is
+/// `session`, for session queues.
+pub fn session_prefix(durable: bool, body_len: usize, session: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32 + session.len());
+    m.extend_from_slice(&[0x00, 0x53, 0x70, 0xc0, 0x02, 0x01]);
+    m.push(if durable { 0x41 } else { 0x42 });
+    // properties: ten null fields, then the group-id (str8)
+    let fields = 10 + 2 + session.len();
+    m.extend_from_slice(&[0x00, 0x53, 0x73, 0xc0, (fields + 1) as u8, 11]);
+    m.extend_from_slice(&[0x40; 10]);
+    m.extend_from_slice(&[0xa1, session.len() as u8]);
+    m.extend_from_slice(session.as_bytes());
+    m.extend_from_slice(&[0x00, 0x53, 0x75, 0xb0]);
+    m.extend_from_slice(&(body_len as u32).to_be_bytes());
+    m
+}
+
 #[cfg(test)]
 mod routed_tests {
     use super::*;
@@ -484,5 +578,14 @@ mod routed_tests {
         assert!(ap.windows(2).any(|w| w == b"r7"));
         assert_eq!(&msg[s.body.expect("body")][..4], &[0x00, 0x53, 0x75, 0xb0]);
         assert_eq!(routed_prefix(true, 16, None), message_prefix(true, 16));
+    }
+
+    #[test]
+    fn session_messages_carry_their_group_id() {
+        let mut msg = session_prefix(true, 16, "s42");
+        msg.extend_from_slice(&[0u8; 16]);
+        let s = ferrobus_codec::message::Sections::scan(&msg).expect("sections");
+        assert_eq!(s.group_id(&msg), Some("s42"));
+        assert_eq!(&msg[s.body.expect("body")][..4], &[0x00, 0x53, 0x75, 0xb0]);
     }
 }

@@ -452,8 +452,11 @@ mod tests {
         let c = Config::load(None, &Overrides::default()).unwrap();
         assert_eq!(c.server.amqp_listen, "127.0.0.1:5672");
         assert_eq!(c.server.http_listen, "127.0.0.1:5300");
-        assert_eq!(c.queues.len(), 1);
+        assert_eq!(c.queues.len(), 2);
         assert_eq!(c.queues[0].name, "queue.1");
+        assert!(!c.queues[0].requires_session);
+        assert_eq!(c.queues[1].name, "session.1");
+        assert!(c.queues[1].requires_session);
     }
 
     #[test]
