@@ -185,7 +185,16 @@ def test_a_locked_session_cannot_be_taken_and_plain_receivers_are_refused(client
     assert "SessionId" in str(e.value), e.value
 
 
-def test_renewing_extends_the_session_lock_and_expiry_loses_it(client):
+def metric(broker, line_prefix):
+    status, _, body = broker.http_get("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_renewing_extends_the_session_lock_and_expiry_loses_it(client, sessions):
     send(client, "short", [msg("exp", "a"), msg("exp", "b")])
     with session_receiver(client, "short", "exp") as r:
         first = r.session.locked_until_utc
@@ -197,8 +206,10 @@ def test_renewing_extends_the_session_lock_and_expiry_loses_it(client):
         time.sleep(2.5)
         with pytest.raises(SessionLockLostError):
             r.complete_message(got[0])
+    assert metric(sessions, 'ferrobus_session_locks_lost_total{entity="short"}') == 1
     # both messages came back counted
     with session_receiver(client, "short", "exp") as r:
+        assert metric(sessions, 'ferrobus_entity_sessions{entity="short",state="locked"}') == 1
         again = receive_n(r, 2)
         assert [(body_of(m), m.delivery_count) for m in again] == [(b"a", 1), (b"b", 1)]
         for m in again:
@@ -320,5 +331,38 @@ def test_a_restart_keeps_sessions_order_and_state_and_frees_every_lock(start_bro
                 (b"1", 0), (b"3", 0), (b"5", 0)]
             for m in got:
                 r.complete_message(m)
+    finally:
+        c.close()
+
+
+CONFIG_JSON = """{"UserConfig": {"Namespaces": [{"Name": "sbemulatorns",
+  "Queues": [{"Name": "emu.sessions", "Properties": {"RequiresSession": true, "LockDuration": "PT30S"}}],
+  "Topics": [{"Name": "emu.topic", "Properties": {},
+    "Subscriptions": [{"Name": "emu.sub", "Properties": {"RequiresSession": true}, "Rules": []}]}]
+}]}}"""
+
+
+def test_requires_session_from_the_emulators_config_json(start_broker, tmp_path):
+    path = tmp_path / "Config.json"
+    path.write_text(CONFIG_JSON)
+    b = start_broker(queues=[], config_file=str(path))
+    assert "RequiresSession" not in b.run_stderr()
+    c = sb_client(b)
+    try:
+        send(c, "emu.sessions", [msg("e1", "one")])
+        with c.get_topic_sender("emu.topic", **HANDLER_KW) as s:
+            s.send_messages(msg("e2", "two"), timeout=SEND_TIMEOUT)
+        with session_receiver(c, "emu.sessions", NEXT_AVAILABLE_SESSION) as r:
+            assert r.session.session_id == "e1"
+            now = datetime.datetime.now(UTC)
+            assert r.session.locked_until_utc <= now + datetime.timedelta(seconds=31)
+            (m,) = receive_n(r, 1)
+            r.complete_message(m)
+        with c.get_subscription_receiver("emu.topic", "emu.sub", session_id=NEXT_AVAILABLE_SESSION,
+                                         **HANDLER_KW) as r:
+            assert r.session.session_id == "e2"
+            (m,) = receive_n(r, 1)
+            assert body_of(m) == b"two"
+            r.complete_message(m)
     finally:
         c.close()

@@ -136,6 +136,7 @@ impl Router for Broker {
             self.metrics.links.inc();
             return Ok(Endpoint::Incoming(Box::new(Producer {
                 dest: Dest::Topic(topic.clone()),
+                session_required_by: None,
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 pending: Vec::new(),
@@ -164,8 +165,12 @@ impl Router for Broker {
         self.metrics.links.inc();
         let guard = LinkGauge(self.metrics.clone());
         if peer_sends {
+            // a session queue that forwards still wants a session id on what is sent to it
+            let session_required_by = (send_to.is_some() && resolved.queue.requires_session())
+                .then(|| resolved.queue.name().to_string());
             Ok(Endpoint::Incoming(Box::new(Producer {
                 dest: send_to.unwrap_or(Dest::Queue(resolved.queue)),
+                session_required_by,
                 outbox: req.outbox,
                 metrics: self.metrics.clone(),
                 pending: Vec::new(),
@@ -395,6 +400,9 @@ type Unpacked = Result<(Vec<NewMessage>, u64), Error>;
 /// A producer link into a queue or a topic.
 struct Producer {
     dest: Dest,
+    /// The session queue the link is attached to, when it forwards elsewhere (`dest`): its
+    /// messages still need a session id (the destination itself checks the rest).
+    session_required_by: Option<String>,
     outbox: Outbox,
     metrics: Arc<Metrics>,
     /// The messages of the current read, stored together at its end: each transfer's
@@ -406,7 +414,18 @@ struct Producer {
 impl IncomingLink for Producer {
     fn message(&mut self, delivery_id: u32, _settled: bool, message_format: u32, payload: Bytes) {
         let with_id = self.dest.detects_duplicates();
-        let items = unpack(message_format, &payload, with_id).map(|i| (i, payload.len() as u64));
+        let items = unpack(message_format, &payload, with_id).and_then(|i| {
+            match &self.session_required_by {
+                Some(q) if i.iter().any(|m| m.session_id.is_none()) => Err(ferrobus_codec::error(
+                    AmqpError::NotAllowed,
+                    format!(
+                        "the message has no SessionId, and '{q}' requires sessions: every \
+                         message sent to it must have its SessionId set"
+                    ),
+                )),
+                _ => Ok((i, payload.len() as u64)),
+            }
+        });
         self.pending.push((delivery_id, items));
     }
 

@@ -340,6 +340,12 @@ impl Management {
 
     fn schedule(&self, body: &Value, reply: Reply) {
         match scheduled_items(body) {
+            // a session queue that forwards: the messages still need a session id
+            Ok(items)
+                if self.queue.requires_session() && items.iter().any(|m| m.session_id.is_none()) =>
+            {
+                reply(Err(from_store(self.queue.session_required())))
+            }
             Ok(items) => schedule_into(&self.send, items, reply),
             Err(f) => reply(Err(f)),
         }

@@ -110,7 +110,7 @@ impl Queue {
     }
 
     /// The refusal of a message without a session id by an entity that requires sessions.
-    pub(crate) fn session_required(&self) -> StoreError {
+    pub fn session_required(&self) -> StoreError {
         StoreError::NotAllowed(format!(
             "the message has no SessionId, and '{}' requires sessions: every message sent to \
              it must have its SessionId set",
