@@ -342,7 +342,8 @@ impl Management {
         match scheduled_items(body) {
             // a session queue that forwards: the messages still need a session id
             Ok(items)
-                if self.queue.requires_session() && items.iter().any(|m| m.session_id.is_none()) =>
+                if self.queue.requires_session()
+                    && items.iter().any(|m| m.session_id.is_none()) =>
             {
                 reply(Err(from_store(self.queue.session_required())))
             }
