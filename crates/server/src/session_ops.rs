@@ -28,6 +28,10 @@ const MAX_TOP: i64 = 1000;
 
 /// Answers one session operation on `queue`.
 pub(crate) fn handle(op: &str, queue: &Arc<Queue>, body: &Value, reply: Reply) {
+    if !queue.requires_session() && op == "com.microsoft:get-message-sessions" {
+        // an entity without sessions has none to list
+        return reply(Ok(None));
+    }
     if !queue.requires_session() {
         return reply(Err(Failure(
             400,
