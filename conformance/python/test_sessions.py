@@ -227,6 +227,21 @@ def test_closing_a_session_receiver_returns_its_messages_uncounted(client):
             r.complete_message(m)
 
 
+def test_the_dead_letter_queue_of_a_session_queue_has_no_sessions(client):
+    from azure.servicebus import ServiceBusSubQueue
+
+    send(client, "orders", [msg("dl", "poison")])
+    with session_receiver(client, "orders", "dl") as r:
+        (m,) = receive_n(r, 1)
+        r.dead_letter_message(m, reason="bad", error_description="cannot parse")
+    with client.get_queue_receiver("orders", sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                                   **HANDLER_KW) as r:
+        (d,) = receive_n(r, 1)
+        assert body_of(d) == b"poison" and d.session_id == "dl"
+        assert d.dead_letter_reason == "bad"
+        r.complete_message(d)
+
+
 def test_session_state_is_kept_and_sessions_are_listed(client):
     with session_receiver(client, "state", "with-state") as r:
         assert r.session.get_state(timeout=MGMT_TIMEOUT) is None
