@@ -8,6 +8,7 @@ so their messages never meet.
 """
 
 import datetime
+import socket
 import time
 
 import pytest
@@ -19,6 +20,8 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from amqp_raw import (AMQP_HEADER, ATTACH, BEGIN, DETACH, OPEN, SOURCE, TARGET, RawPeer, Symbol,
+                      UByte, UInt, begin_frame, flow_frame, frame, perf)
 from brokers import Broker
 from sdk_helpers import HANDLER_KW, MGMT_TIMEOUT, body_of, receive_n, sb_client
 
@@ -381,3 +384,34 @@ def test_requires_session_from_the_emulators_config_json(start_broker, tmp_path)
             r.complete_message(m)
     finally:
         c.close()
+
+
+def next_available_attach(name, address, timeout_ms):
+    """A raw receiver attach asking for the next available session (null filter value)."""
+    source = perf(SOURCE, address, None, None, None, None, None, None,
+                  {Symbol("com.microsoft:session-filter"): None})
+    return frame(perf(ATTACH, name, UInt(0), True, UByte(0), UByte(1), source, perf(TARGET, None),
+                      None, None, None, None, None, None,
+                      {Symbol("com.microsoft:timeout"): UInt(timeout_ms)}))
+
+
+def test_a_waiting_receiver_that_detaches_gets_an_answer_and_takes_no_session(client, sessions):
+    with RawPeer(sessions.amqp_addr) as p:
+        p.send(AMQP_HEADER + frame(perf(OPEN, "raw-waiter", "localhost")) + begin_frame()
+               + next_available_attach("waiter", "idle", 30000) + flow_frame(handle=0, link_credit=5))
+        assert p.read_header() == AMQP_HEADER
+        p.expect(OPEN)
+        p.expect(BEGIN)
+        # no session of "idle" is available: no answer yet
+        with pytest.raises(socket.timeout):
+            p.expect(ATTACH, timeout=0.7)
+        p.send(frame(perf(DETACH, UInt(0), True)))
+        a = p.expect(ATTACH, timeout=5)
+        assert a.field(5) is None, "a refused attach has no source: %r" % a
+        p.expect(DETACH, timeout=5)
+        # the abandoned wait takes nothing: a session that comes now goes to the next receiver
+        send(client, "idle", [msg("after-detach", "x")])
+        with session_receiver(client, "idle", NEXT_AVAILABLE_SESSION, max_wait_time=10) as r:
+            assert r.session.session_id == "after-detach"
+            (m,) = receive_n(r, 1)
+            r.complete_message(m)

@@ -40,6 +40,32 @@ pub(crate) struct PendingAttach {
     pub flow: Option<(u32, u32, bool)>,
 }
 
+impl PendingAttach {
+    /// Our answer to the attach when it ends before the router answered: no terminus (a
+    /// refusal); the detach follows. None of the peer's values is echoed.
+    fn refused(&self) -> Attach {
+        Attach {
+            name: self.attach.name.clone(),
+            handle: self.attach.handle.clone(),
+            role: match self.attach.role {
+                Role::Sender => Role::Receiver,
+                Role::Receiver => Role::Sender,
+            },
+            snd_settle_mode: self.attach.snd_settle_mode.clone(),
+            rcv_settle_mode: self.attach.rcv_settle_mode.clone(),
+            source: None,
+            target: None,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: Some(0),
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        }
+    }
+}
+
 /// A link the peer sends on.
 pub(crate) struct InLink {
     pub ep: Box<dyn IncomingLink>,
@@ -342,19 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.links.remove(&link.id);
         if let LinkKind::Pending(p) = &link.kind {
             // never answered: answer the attach (refused) before the detach
-            let mut reply = p.attach.clone();
-            reply.role = match p.attach.role {
-                Role::Sender => Role::Receiver,
-                Role::Receiver => Role::Sender,
-            };
-            reply.source = None;
-            reply.target = None;
-            reply.unsettled = None;
-            reply.properties = None;
-            reply.offered_capabilities = None;
-            reply.desired_capabilities = None;
-            reply.initial_delivery_count = Some(0);
-            self.write(channel, &Performative::Attach(reply));
+            self.write(channel, &Performative::Attach(p.refused()));
         }
         if !matches!(link.kind, LinkKind::Closing) {
             self.write(
@@ -400,9 +414,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         };
         if let Some(session) = self.sessions.get_mut(&channel) {
+            let mut unanswered = None;
             if let Some(link) = session.links.get_mut(&handle) {
-                link.kind = LinkKind::Closing;
+                if let LinkKind::Pending(p) = std::mem::replace(&mut link.kind, LinkKind::Closing) {
+                    unanswered = Some(p.refused());
+                }
             }
+            if let Some(reply) = unanswered {
+                // never answered: answer the attach (refused) before the detach
+                self.write(channel, &Performative::Attach(reply));
+            }
+            let Some(session) = self.sessions.get_mut(&channel) else {
+                return;
+            };
             session.unsettled.retain(|_, (l, _)| *l != id);
             self.write(
                 channel,
