@@ -21,7 +21,7 @@ use super::{
 };
 use crate::keys;
 use crate::storage::{Batch, Cf};
-use crate::{now_ms, Completion, LockToken, StoreError};
+use crate::{now_ms, Completion, StoreError};
 
 /// Called when a session becomes available to next-available receivers (under the queue's
 /// lock: it must only wake someone up).
@@ -380,17 +380,11 @@ impl Queue {
         if lost {
             st.sessions.lost_total += 1;
         }
-        let tokens: Vec<LockToken> = st
-            .locks
-            .iter()
-            .filter(|(_, l)| l.consumer == consumer)
-            .map(|(t, _)| *t)
-            .collect();
         let mut back: Vec<(Lane, Entry)> = Vec::new();
-        for t in tokens {
-            let Locked {
-                mut entry, lane, ..
-            } = st.locks.remove(&t).expect("listed");
+        for Locked {
+            mut entry, lane, ..
+        } in super::settle::take_locks(st, consumer)
+        {
             let to = if lost {
                 entry.delivery_count += 1;
                 self.after_failed_delivery(&mut entry, lane, &mut batch)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{
-    lane_mut, Entry, Lane, Locked, Outcome, Queue, LANE_ACTIVE, LANE_DEAD, LANE_DEFERRED,
+    lane_mut, Entry, Lane, Locked, Outcome, Queue, State, LANE_ACTIVE, LANE_DEAD, LANE_DEFERRED,
     MAX_DELIVERY_COUNT_EXCEEDED,
 };
 use crate::keys;
@@ -214,20 +214,10 @@ impl Queue {
             if ls.next >= ls.consumers.len() {
                 ls.next = 0;
             }
-            let tokens: Vec<LockToken> = st
-                .locks
-                .iter()
-                .filter(|(_, l)| l.consumer == consumer)
-                .map(|(t, _)| *t)
-                .collect();
-            for t in tokens {
-                let Locked {
-                    mut entry,
-                    lane,
-                    expires_ms,
-                    ..
-                } = st.locks.remove(&t).expect("listed");
-                st.expiries.remove(&(expires_ms, t));
+            for Locked {
+                mut entry, lane, ..
+            } in take_locks(st, consumer)
+            {
                 entry.delivery_count += 1;
                 let to = self.after_failed_delivery(&mut entry, lane, &mut batch);
                 returned.push((to, entry));
@@ -253,4 +243,22 @@ impl Queue {
         self.storage
             .write(batch, Box::new(move |_| me.make_available_again(returned)));
     }
+}
+
+/// Takes every lock `consumer` holds out of the lock tables.
+pub(super) fn take_locks(st: &mut State, consumer: u64) -> Vec<Locked> {
+    let tokens: Vec<LockToken> = st
+        .locks
+        .iter()
+        .filter(|(_, l)| l.consumer == consumer)
+        .map(|(t, _)| *t)
+        .collect();
+    tokens
+        .into_iter()
+        .map(|t| {
+            let l = st.locks.remove(&t).expect("listed");
+            st.expiries.remove(&(l.expires_ms, t));
+            l
+        })
+        .collect()
 }
