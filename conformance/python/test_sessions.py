@@ -60,6 +60,16 @@ name = "per-device"
 requires_session = true
 [[topics.subscriptions]]
 name = "all"
+
+[[topics]]
+name = "routed"
+[[topics.subscriptions]]
+name = "by-rule"
+requires_session = true
+[[topics.subscriptions.rules]]
+name = "assign"
+sql = "1=1"
+action = "SET sys.SessionId = 'from-rule'"
 """
 
 
@@ -317,6 +327,17 @@ def test_a_session_subscription_groups_its_copies_by_session(client):
         assert len(got) == 6 and extra == []
         for m in got:
             r.complete_message(m)
+
+
+def test_a_rule_action_can_give_a_copy_its_session(client):
+    # the message has no session id; the subscription's rule gives its copy one
+    with client.get_topic_sender("routed", **HANDLER_KW) as s:
+        s.send_messages(ServiceBusMessage("no session of its own"), timeout=SEND_TIMEOUT)
+    with client.get_subscription_receiver("routed", "by-rule", session_id="from-rule",
+                                          **HANDLER_KW) as r:
+        (m,) = receive_n(r, 1)
+        assert body_of(m) == b"no session of its own" and m.session_id == "from-rule"
+        r.complete_message(m)
 
 
 def test_a_restart_keeps_sessions_order_and_state_and_frees_every_lock(start_broker):

@@ -50,6 +50,20 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as a system property's text (they are all strings on the wire): what a rule
+    /// action writes for `SET sys.X = value`. `None` for null (it unsets the property).
+    pub fn system_text(&self) -> Option<String> {
+        match self {
+            Value::Null | Value::Opaque(_) => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Long(n) => Some(n.to_string()),
+            Value::Double(x) => Some(x.to_string()),
+            Value::DateTime(t) | Value::TimeSpan(t) => Some(t.to_string()),
+            Value::Uuid(u) => Some(format_uuid(u)),
+        }
+    }
+
     /// A short name of the value's kind, used in error messages.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferrobus_codec::message::{encode_bare_edited, AnnotationValue, Sections};
 use ferrobus_codec::types::messaging::{MessageId, Properties};
 use ferrobus_codec::types::primitives::Symbol;
-use ferrobus_filter::{format_uuid, names_equal, Change, SystemProperty, Target, Value};
+use ferrobus_filter::{names_equal, Change, SystemProperty, Target, Value};
 use ferrobus_store::Rewrite;
 
 /// The application property that names the rule whose action made a copy.
@@ -103,24 +103,11 @@ fn annotation_value(v: &Value) -> AnnotationValue {
     }
 }
 
-/// A system property's value as text (they are all strings on the wire here).
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null | Value::Opaque(_) => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Long(n) => Some(n.to_string()),
-        Value::Double(x) => Some(x.to_string()),
-        Value::DateTime(t) | Value::TimeSpan(t) => Some(t.to_string()),
-        Value::Uuid(u) => Some(format_uuid(u)),
-    }
-}
-
 /// Sets (or, with `None`, unsets) a system property; false if the property is one a
 /// subscription's copy ignores.
 fn set_system(p: &mut Properties, prop: SystemProperty, v: Option<&Value>) -> bool {
     use SystemProperty as S;
-    let t = v.and_then(text);
+    let t = v.and_then(Value::system_text);
     match prop {
         S::MessageId => p.message_id = t.map(MessageId::String),
         S::CorrelationId => p.correlation_id = t.map(MessageId::String),

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use ferrobus_filter::{select, Rule};
+use ferrobus_filter::Rule;
 
 use crate::bodies::SharedBodies;
 use crate::keys::rules::{decode_rule, encode_rule};
@@ -27,7 +27,9 @@ use crate::queue::timing;
 use crate::storage::{decode_max, Batch, Cf, Storage};
 use crate::{now_ms, Completion, NewMessage, Queue, QueueConfig, StoreError};
 
+mod fanout;
 mod schedule;
+use fanout::{session_of, CopyKind, Fanout};
 use schedule::{Place, Scheduled};
 
 /// The reason given to copies dead-lettered because a rule could not be evaluated on them.
@@ -325,21 +327,6 @@ pub struct TopicStats {
     pub filter_seconds: f64,
 }
 
-/// One copy of a message for a subscription.
-enum CopyKind {
-    /// The producer's bytes, in the topic's shared body.
-    Shared,
-    /// A copy a rule action changed: bytes of its own.
-    Changed(Bytes),
-    /// Straight to the dead-letter sub-queue (a rule failed), sharing the body.
-    Dead(String, String),
-    /// Published to the topic the subscription forwards to (index into `onward`).
-    Onward(usize, Bytes),
-}
-
-/// Where one message goes: per subscription, the copies it gets.
-type Fanout = Vec<(usize, CopyKind)>;
-
 impl Topic {
     /// Opens the topic with id `id` and its subscriptions (each with its own id), recovering
     /// their messages and the counts of the bodies they share.
@@ -518,62 +505,6 @@ impl Topic {
         self.state.lock().expect("topic state poisoned")
     }
 
-    /// Which subscriptions take a message, and how (a dead-letter reason for a copy whose rules
-    /// failed to evaluate, in a subscription that dead-letters those).
-    fn fan_out(&self, payload: &Bytes) -> Fanout {
-        let started = std::time::Instant::now();
-        let out = self.select(payload);
-        let ns = started.elapsed().as_nanos() as u64;
-        self.stats.filter_ns.fetch_add(ns, Ordering::Relaxed);
-        out
-    }
-
-    fn select(&self, payload: &Bytes) -> Fanout {
-        let view = (self.view)(payload);
-        let mut out = Vec::new();
-        for (i, s) in self.subs.iter().enumerate() {
-            let rules = s.rules();
-            let sel = select(&rules, view.as_ref());
-            let mut failed: Option<String> = sel
-                .errors
-                .first()
-                .map(|(rule, e)| format!("rule '{}' could not be evaluated: {e}", rule.name));
-            let mut copies = 0;
-            // a forwarded copy is stored in the destination queue with a body of its own
-            let forwarded = s.target != i;
-            // a copy for another topic is published there, made with the bytes it carries
-            let own = |bytes: Bytes| match s.onward {
-                Some(o) => CopyKind::Onward(o, bytes),
-                None => CopyKind::Changed(bytes),
-            };
-            if sel.plain {
-                let kind = if forwarded || s.onward.is_some() {
-                    own(payload.clone())
-                } else {
-                    CopyKind::Shared
-                };
-                out.push((s.target, kind));
-                copies += 1;
-            }
-            for (rule, changes) in &sel.with_actions {
-                match (self.rewrite)(payload, &rule.name, changes) {
-                    Ok(bytes) => {
-                        out.push((s.target, own(bytes)));
-                        copies += 1;
-                    }
-                    Err(e) => {
-                        failed
-                            .get_or_insert(format!("rule '{}': its action failed: {e}", rule.name));
-                    }
-                }
-            }
-            if let (0, true, Some(why)) = (copies, s.dead_letter_on_filter_errors, failed) {
-                out.push((i, CopyKind::Dead(FILTER_EVALUATION_FAILED.to_string(), why)));
-            }
-        }
-        out
-    }
-
     /// Publishes several groups of messages (one per transfer) with one storage write, as
     /// [`Queue::enqueue_each`] stores them in a queue: each group is accepted or refused on
     /// its own (refused if a subscription it goes to is full). `done` gets each group's topic
@@ -670,13 +601,15 @@ impl Topic {
                         p.retained.push((body_at, n));
                     }
                     for (i, kind) in fanout {
+                        // an action may have set or removed the copy's SessionId
+                        let copy_session = session_of(&kind, &session);
                         let (shared, payload, dead_letter) = match kind {
                             CopyKind::Shared => (Some(body_at), body.payload.clone(), None),
-                            CopyKind::Changed(bytes) => (None, bytes, None),
+                            CopyKind::Changed(bytes, _) => (None, bytes, None),
                             CopyKind::Dead(r, d) => {
                                 (Some(body_at), body.payload.clone(), Some((r, d)))
                             }
-                            CopyKind::Onward(o, bytes) => {
+                            CopyKind::Onward(o, bytes, _) => {
                                 let onward = NewMessage {
                                     payload: bytes.clone(),
                                     scheduled_ms: at,
@@ -684,7 +617,7 @@ impl Topic {
                                         .map(|e| e.saturating_sub(at.unwrap_or(now)).max(1) as u64),
                                     message_id: None,
                                     dead_lettered: carried.clone(),
-                                    session_id: session.clone(),
+                                    session_id: copy_session.clone(),
                                 };
                                 // published there in this batch; if that topic refuses it (a
                                 // subscription of it is full), the copy stays here
@@ -710,7 +643,7 @@ impl Topic {
                             scheduled_ms: if dead_letter.is_some() { None } else { at },
                             dead_letter,
                             carried: carried.clone(),
-                            session: session.clone(),
+                            session: copy_session,
                         };
                         for s in self.targets[i].stage_copies(vec![copy], batch) {
                             if let Some(due) = s.scheduled_ms() {
@@ -771,31 +704,5 @@ impl Topic {
         for tseq in p.scheduled_now {
             st.scheduled.remove(&tseq);
         }
-    }
-
-    /// Refuses a group if a subscription it goes to has no room for it.
-    fn check_room(&self, group: &[(NewMessage, Fanout)]) -> Result<(), StoreError> {
-        let mut incoming = vec![0u64; self.targets.len()];
-        for (m, fanout) in group {
-            for (i, _) in fanout {
-                incoming[*i] += m.payload.len() as u64;
-            }
-        }
-        for (q, n) in self.targets.iter().zip(incoming) {
-            if n > 0 {
-                q.check_room(n)?;
-            }
-        }
-        // a copy for an entity that requires sessions needs a session id
-        for (m, fanout) in group {
-            if m.session_id.is_none() {
-                if let Some((i, _)) = fanout.iter().find(|(i, k)| {
-                    self.targets[*i].requires_session() && !matches!(k, CopyKind::Dead(..))
-                }) {
-                    return Err(self.targets[*i].session_required());
-                }
-            }
-        }
-        Ok(())
     }
 }
