@@ -28,11 +28,12 @@ const MAX_TOP: i64 = 1000;
 
 /// Answers one session operation on `queue`.
 pub(crate) fn handle(op: &str, queue: &Arc<Queue>, body: &Value, reply: Reply) {
-    if !queue.requires_session() && op == "com.microsoft:get-message-sessions" {
-        // an entity without sessions has none to list
-        return reply(Ok(None));
-    }
+    let listing = op == "com.microsoft:get-message-sessions";
     if !queue.requires_session() {
+        if listing {
+            // an entity without sessions has none to list
+            return reply(Ok(None));
+        }
         return reply(Err(Failure(
             400,
             "amqp:not-allowed",
@@ -42,7 +43,7 @@ pub(crate) fn handle(op: &str, queue: &Arc<Queue>, body: &Value, reply: Reply) {
             ),
         )));
     }
-    if op == "com.microsoft:get-message-sessions" {
+    if listing {
         return reply(message_sessions(queue, body));
     }
     let Some(session) = text(field(body, "session-id")) else {

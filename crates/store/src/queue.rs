@@ -574,11 +574,6 @@ impl ConsumerHandle {
         self.queue.complete_unconfirmed(self.id, locks, done);
     }
 
-    /// The session whose lock the consumer holds, if it is a session receiver.
-    pub fn session(&self) -> Option<&str> {
-        self.session.as_deref()
-    }
-
     /// Unregisters the consumer and returns its locked messages (a session receiver's
     /// without counting a delivery, and its session's lock is released).
     pub fn close(mut self) {

@@ -70,11 +70,11 @@ impl LaneState {
     pub fn pop(&mut self, load: Loader<'_>) -> Result<Option<Entry>, StoreError> {
         // load when the window runs low, or when a returned message sits in the window behind
         // messages on disk (they must come out in order)
-        let behind = match (self.spilled.front(), self.window.first_key_value()) {
+        let behind = || match (self.spilled.front(), self.window.first_key_value()) {
             (Some(s), Some((w, _))) => s < w,
             _ => false,
         };
-        if (self.window.len() < WINDOW_MESSAGES / 4 || behind) && !self.spilled.is_empty() {
+        if !self.spilled.is_empty() && (self.window.len() < WINDOW_MESSAGES / 4 || behind()) {
             let n = (WINDOW_MESSAGES - self.window.len()).min(self.spilled.len());
             let seqs: Vec<u64> = self.spilled.iter().take(n).copied().collect();
             let entries = load(&seqs)?;
